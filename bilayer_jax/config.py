@@ -81,7 +81,10 @@ def paper() -> ml_collections.ConfigDict:
   c.enh_guiding_rgb_loss_type = 'sse'
   c.enh_norm_layer_type = 'none'
   # not flags of the authors: how this implementation runs the same math
-  c.spectral_norm = True             # store W, u, v (False: plain kernels, e.g. after folding)
+  # Networks with spectral norm (W, u, v stored), in the authors' names; texture_generator and
+  # inference_generator include their projectors. Stage 2 adds the enhancer (spec 1.7).
+  c.spn_networks = ('identity_embedder, texture_generator, keypoints_embedder, inference_generator, '
+                    'discriminator, texture_enhancer')
   c.align_corners = False            # texture sampling semantics (spec Q9)
   c.upsample_mode = 'resize'         # 'resize' (exports to RESIZE_NEAREST_NEIGHBOR) or 'broadcast'
   c.skip_before_upsample = True      # exact rewrite of the generators' adaptive skips (3.94 G per frame)
@@ -113,6 +116,23 @@ def tiny() -> ml_collections.ConfigDict:
   c.enh_bottleneck_tensor_size = 32
   c.enh_num_blocks = 2
   return c
+
+
+REFERENCE_NETWORKS = ('identity_embedder', 'texture_generator', 'keypoints_embedder', 'inference_generator',
+                      'texture_enhancer', 'discriminator')
+
+
+def spectral_norm_networks(c) -> set[str]:
+  """Our network names (projectors included) that use spectral norm under `c.spn_networks`."""
+  names = {n.strip() for n in c.spn_networks.split(',') if n.strip()}
+  unknown = names - set(REFERENCE_NETWORKS)
+  if unknown:
+    raise ValueError(f'spn_networks names unknown networks {sorted(unknown)}; known: {REFERENCE_NETWORKS}')
+  if 'texture_generator' in names:
+    names.add('texture_projector')
+  if 'inference_generator' in names:
+    names.add('inference_projector')
+  return names
 
 
 def get_config(size: str = 'paper') -> ml_collections.ConfigDict:

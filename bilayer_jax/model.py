@@ -41,31 +41,32 @@ Variables = dict  # network name -> {'params': ..., 'batch_stats': ..., 'spectra
 def build_networks(config) -> dict[str, nn.Module]:
   """Flax modules of every network for a model config."""
   p = config_lib.plans(config)
-  common = dict(spectral_norm=config.spectral_norm, eps=config.eps)
+  sn = config_lib.spectral_norm_networks(config)
+  common = lambda name: dict(spectral_norm=name in sn, eps=config.eps)
   bn = dict(bn_momentum=config.bn_momentum, axis_name=config.axis_name or None)
   gen = dict(upsample_mode=config.upsample_mode, skip_before_upsample=config.skip_before_upsample)
   pe = p['keypoints_embedder']
   return dict(
       identity_embedder=IdentityEmbedder(
           p['identity_embedder']['first'], tuple(p['identity_embedder']['encoder']),
-          tuple(p['identity_embedder']['decoder']), norm=config.emb_norm_layer_type, **common, **bn),
-      texture_projector=Projector(tuple(p['texture_projector']), **common),
+          tuple(p['identity_embedder']['decoder']), norm=config.emb_norm_layer_type, **common('identity_embedder'), **bn),
+      texture_projector=Projector(tuple(p['texture_projector']), **common('texture_projector')),
       texture_generator=TextureGenerator(
           p['texture_generator']['input_size'], p['texture_generator']['input_features'],
-          tuple(p['texture_generator']['blocks']), norm=config.tex_norm_layer_type, **gen, **common, **bn),
-      inference_projector=Projector(tuple(p['inference_projector']), **common),
+          tuple(p['texture_generator']['blocks']), norm=config.tex_norm_layer_type, **gen, **common('texture_generator'), **bn),
+      inference_projector=Projector(tuple(p['inference_projector']), **common('inference_projector')),
       inference_generator=InferenceGenerator(
           tuple(p['inference_generator']['blocks']), predict_mask=config.inf_pred_segmentation,
-          norm=config.inf_norm_layer_type, **gen, **common, **bn),
+          norm=config.inf_norm_layer_type, **gen, **common('inference_generator'), **bn),
       keypoints_embedder=KeypointsEmbedder(
           pe['hidden'], pe['num_layers'], pe['out_features'], pe['out_size'],
-          harmonics=config.pse_num_harmonics if config.pse_use_harmonic_enc else 0, **common),
+          harmonics=config.pse_num_harmonics if config.pse_use_harmonic_enc else 0, **common('keypoints_embedder')),
       texture_enhancer=EnhancerNetwork(
           p['texture_enhancer']['first'], tuple(p['texture_enhancer']['down']), p['texture_enhancer']['middle'],
-          tuple(p['texture_enhancer']['up']), upsample_mode=config.upsample_mode, **common),
+          tuple(p['texture_enhancer']['up']), upsample_mode=config.upsample_mode, **common('texture_enhancer')),
       discriminator=Discriminator(
           p['discriminator']['first'], tuple(p['discriminator']['blocks']), p['discriminator']['num_down'],
-          norm=config.dis_norm_layer_type, **common, **bn),
+          norm=config.dis_norm_layer_type, **common('discriminator'), **bn),
   )
 
 

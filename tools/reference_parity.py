@@ -175,6 +175,17 @@ FLAG_SIZES = {
                  dis_max_channels=32, enh_num_channels=8, enh_max_channels=16, enh_bottleneck_tensor_size=32,
                  enh_num_blocks=2),
     'paper': dict(image_size=256, inf_num_channels=32, inf_max_channels=256),
+    # The committed test fixtures: small enough to keep in git, different enough to catch layout slips.
+    'fixture_a': dict(image_size=32, emb_num_channels=4, emb_max_channels=16, tex_num_channels=4,
+                      tex_max_channels=16, inf_num_channels=2, inf_max_channels=8, pse_num_channels=16,
+                      dis_num_channels=4, dis_max_channels=16, dis_num_blocks=3, enh_num_channels=4,
+                      enh_max_channels=8, enh_bottleneck_tensor_size=16, enh_num_blocks=1),
+    'fixture_b': dict(image_size=64, emb_num_channels=4, emb_max_channels=16, emb_output_tensor_size=4,
+                      tex_num_channels=4, tex_max_channels=16, tex_input_tensor_size=8, inf_num_channels=4,
+                      inf_max_channels=16, inf_input_tensor_size=8, pse_num_channels=24, pse_num_blocks=3,
+                      pse_use_harmonic_enc=False, dis_num_channels=4, dis_max_channels=8, dis_num_blocks=5,
+                      dis_output_tensor_size=4, enh_num_channels=4, enh_max_channels=8,
+                      enh_bottleneck_tensor_size=16, enh_num_blocks=1, enh_unrolling_depth=2),
 }
 PAPER_FLAGS = dict(emb_norm_layer_type='none', pse_use_harmonic_enc=True, inf_pred_segmentation=True,
                    tex_norm_layer_type='ada_spade_bn', inf_norm_layer_type='ada_bn', dis_norm_layer_type='bn')

@@ -1,0 +1,31 @@
+# One entry point for the common jobs. `make test` creates .venv if it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch reads the authors' checkpoints in the importer tests.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: test test-all install info clean-venv
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[test,torch]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# The fast suite (tiny models; paper sizes only through shapes): what CI runs.
+test: install
+	$(PY) -m pytest -q -m "not slow"
+
+# Everything, including paper-size checks (minutes on 2 cores).
+test-all: install
+	$(PY) -m pytest -q
+
+info: install
+	$(VENV)/bin/bilayer-jax info --config paper
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,91 @@
+"""The `bilayer-jax` command line: one entry point, one subcommand per job.
+
+  bilayer-jax info --config paper                 parameter and MAC counts of every network
+  bilayer-jax import-torch RUN_DIR --epoch N --out CHECKPOINT_DIR
+                                                  the authors' PyTorch run -> a checkpoint bilayer_jax.load opens
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+
+def _load_config(spec: str):
+  """A named size ('paper', 'small', 'tiny') or an experiments/*.py file with get_config()."""
+  from bilayer_jax import config as config_lib
+
+  if spec in config_lib.SIZES:
+    return config_lib.get_config(spec)
+  path = pathlib.Path(spec.split(':')[0])
+  if path.suffix == '.py' and path.is_file():
+    import importlib.util
+
+    module_spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    arg = spec.split(':', 1)[1] if ':' in spec else None
+    config = module.get_config(arg) if arg else module.get_config()
+    model = config.model if 'model' in config else config
+    config_lib.validate(model)
+    return model
+  raise SystemExit(f'--config: {spec!r} is neither a model size {config_lib.SIZES} nor a config file')
+
+
+def cmd_info(args) -> int:
+  from bilayer_jax import complexity
+
+  config = _load_config(args.config)
+  if args.no_harmonics:
+    config.pse_use_harmonic_enc = False
+  print(complexity.format_report(config, complexity.report(config)))
+  return 0
+
+
+def cmd_import_torch(args) -> int:
+  from bilayer_jax import complexity
+  from bilayer_jax.interop import torch_checkpoint
+
+  out = pathlib.Path(args.out)
+  try:
+    _, config, variables = torch_checkpoint.import_to_checkpoint(
+        args.run_dir, out, epoch=args.epoch, networks=args.networks, overwrite=args.overwrite)
+  except (FileExistsError, FileNotFoundError, ValueError, ImportError) as e:
+    print(f'import-torch: {e}', file=sys.stderr)
+    return 2
+  counts = complexity.parameter_counts(config)
+  print(f'wrote {out}')
+  for name in variables:
+    print(f'  {name:22s} {counts[name]:>12,d} parameters')
+  print(f'spectral norm on: {config.spn_networks or "none"}; harmonic keypoint encoding: '
+        f'{"on" if config.pse_use_harmonic_enc else "off"}')
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog='bilayer-jax', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest='command', required=True)
+
+  p = sub.add_parser('info', help='parameter and MAC counts of every network')
+  p.add_argument('--config', default='paper', help='model size (paper, small, tiny) or experiments/*.py')
+  p.add_argument('--no-harmonics', action='store_true', help='count the keypoints embedder without harmonics')
+  p.set_defaults(func=cmd_info)
+
+  p = sub.add_parser('import-torch', help="convert the authors' PyTorch run folder to a checkpoint")
+  p.add_argument('run_dir', help='folder with args.txt and checkpoints/{epoch}_{network}.pth')
+  p.add_argument('--epoch', type=int, default=None, help='epoch to import (default: the latest found)')
+  p.add_argument('--out', required=True, help='checkpoint folder to write (must not exist)')
+  p.add_argument('--networks', nargs='*', default=None, help='reference network names (default: all found)')
+  p.add_argument('--overwrite', action='store_true', help='replace an existing --out folder')
+  p.set_defaults(func=cmd_import_torch)
+  return parser
+
+
+def main(argv=None) -> int:
+  args = build_parser().parse_args(argv)
+  return args.func(args)
+
+
+if __name__ == '__main__':
+  sys.exit(main())

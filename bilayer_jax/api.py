@@ -80,9 +80,10 @@ class Bilayer:
       use_mask = False
     else:
       mask = np.asarray(source_mask, np.float32)
-      if mask.ndim == image.ndim - 1 + (0 if batched else 1) and mask.shape[-1] != 1:
+      if mask.ndim == (4 if batched else 3) - 1:  # no channel axis
         mask = mask[..., None]
-      mask = mask.reshape((-1,) + mask.shape[-3:]) if mask.ndim >= 3 else mask
+      if not batched and mask.ndim == 3:
+        mask = mask[None]
       if mask.shape != (b, s, s, 1):
         raise ValueError(f'source_mask must be ({s}, {s}) or ({s}, {s}, 1) per source image, got {np.shape(source_mask)}')
       _check_range('source_mask', mask, 0, 1)

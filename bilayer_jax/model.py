@@ -28,7 +28,7 @@ from bilayer_jax.discriminator import Discriminator
 from bilayer_jax.faces.stickman import draw_stickmen
 from bilayer_jax.frame.inference_generator import InferenceGenerator
 from bilayer_jax.frame.keypoints_embedder import KeypointsEmbedder
-from bilayer_jax.nn.layers import EVAL, Mode
+from bilayer_jax.nn.layers import EVAL, Mode, kernel_to_matrix
 from bilayer_jax.nn.warp import identity_grid, sample_texture
 
 AVATAR_NETWORKS = ('identity_embedder', 'texture_projector', 'texture_generator', 'inference_projector')
@@ -166,8 +166,10 @@ def init_variables(config, seed: int = 0, networks=NETWORKS) -> Variables:
   Same distributions as the modules' own Flax initializers, but without tracing and compiling the
   networks (which takes minutes on a small CPU): shapes come from `variable_shapes`, values from numpy.
   Conv/dense kernels and biases ~ U(+-1/sqrt(fan_in)); BatchNorm scale 1, bias 0, running mean 0, var 1;
-  SPADE tensors ~ U(+-1/sqrt(C*S*S)); the texture generator's input ~ N(0, 1); spectral vectors are
-  normalized N(0, 1) draws.
+  SPADE tensors ~ U(+-1/sqrt(C*S*S)); the texture generator's input ~ N(0, 1). Spectral-norm vectors
+  start from a normalized N(0, 1) draw refined by a few power iterations on the initial kernel, so that
+  an untrained model already gives finite outputs in eval mode (with raw random vectors, as PyTorch
+  starts, sigma = u^T W v can be close to zero until training has run its first iterations).
   """
   shapes = variable_shapes(config, networks)
   root = np.random.default_rng(seed)
@@ -176,8 +178,30 @@ def init_variables(config, seed: int = 0, networks=NETWORKS) -> Variables:
     if name not in shapes:
       continue
     rng = np.random.default_rng(root.integers(0, 2**63))
-    out[name] = _init_tree(shapes[name], rng, ())
+    variables = _init_tree(shapes[name], rng, ())
+    if 'spectral' in variables:
+      variables['spectral'] = _settle_spectral(variables['params'], variables['spectral'])
+    out[name] = variables
   return out
+
+
+def _settle_spectral(params, spectral, iterations: int = 5):
+  result = {}
+  for key, value in spectral.items():
+    if key == 'sn':
+      w = np.asarray(kernel_to_matrix(jnp.asarray(params['kernel'])), np.float64)
+      v = np.asarray(value['v'], np.float64)
+      for _ in range(iterations):
+        u = w @ v
+        u /= max(np.linalg.norm(u), 1e-12)
+        v = w.T @ u
+        v /= max(np.linalg.norm(v), 1e-12)
+      u = w @ v
+      u /= max(np.linalg.norm(u), 1e-12)
+      result[key] = {'u': jnp.asarray(u, jnp.float32), 'v': jnp.asarray(v, jnp.float32)}
+    else:
+      result[key] = _settle_spectral(params[key], value, iterations)
+  return result
 
 
 def _init_tree(tree, rng, path):

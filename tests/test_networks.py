@@ -59,6 +59,12 @@ def test_config_errors_are_clear():
   c.tex_num_channels = 1
   with pytest.raises(ValueError, match='channels'):
     config_lib.validate(c)
+  # a size the reference builds but cannot run (projector rows != generator channels)
+  c = config_lib.get_config('tiny')
+  c.update(dict(image_size=32, emb_num_channels=8, emb_max_channels=16, tex_num_channels=4, tex_max_channels=16,
+                inf_num_channels=4, inf_max_channels=16, enh_bottleneck_tensor_size=16))
+  with pytest.raises(ValueError, match='cannot be regrouped'):
+    config_lib.validate(c)
   with pytest.raises(ValueError, match='unknown model size'):
     config_lib.get_config('huge')
 

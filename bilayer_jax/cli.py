@@ -3,12 +3,54 @@
   bilayer-jax info --config paper                 parameter and MAC counts of every network
   bilayer-jax import-torch RUN_DIR --epoch N --out CHECKPOINT_DIR
                                                   the authors' PyTorch run -> a checkpoint bilayer_jax.load opens
+  bilayer-jax train --config experiments/base_model.py --workdir DIR [--config.key=value ...]
 """
 from __future__ import annotations
 
 import argparse
 import pathlib
 import sys
+
+
+def load_experiment(spec: str):
+  """experiments/NAME.py[:ARG] -> the ConfigDict its get_config returns."""
+  import importlib.util
+
+  path = pathlib.Path(spec.split(':')[0])
+  if not (path.suffix == '.py' and path.is_file()):
+    raise SystemExit(f'--config: {path} is not a config file (experiments/*.py)')
+  module_spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  arg = spec.split(':', 1)[1] if ':' in spec else None
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def apply_overrides(config, overrides: list[str]):
+  """--config.a.b=value: value parsed as JSON when it can be (numbers, lists, true/false), else a string."""
+  import json
+
+  for item in overrides:
+    if not item.startswith('--config.') or '=' not in item:
+      raise SystemExit(f'unrecognized argument {item!r}; overrides look like --config.training.batch_size=8')
+    key, raw = item[len('--config.'):].split('=', 1)
+    try:
+      value = json.loads(raw)
+    except json.JSONDecodeError:
+      value = {'True': True, 'False': False}.get(raw, raw)
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise SystemExit(f'--config.{key}: no such field')
+    old = node[leaf]
+    if isinstance(old, float) and isinstance(value, int):
+      value = float(value)
+    if isinstance(old, tuple) and isinstance(value, list):
+      value = tuple(value)
+    node[leaf] = value
+  return config
 
 
 def _load_config(spec: str):
@@ -19,13 +61,7 @@ def _load_config(spec: str):
     return config_lib.get_config(spec)
   path = pathlib.Path(spec.split(':')[0])
   if path.suffix == '.py' and path.is_file():
-    import importlib.util
-
-    module_spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    arg = spec.split(':', 1)[1] if ':' in spec else None
-    config = module.get_config(arg) if arg else module.get_config()
+    config = load_experiment(spec)
     model = config.model if 'model' in config else config
     config_lib.validate(model)
     return model
@@ -62,6 +98,22 @@ def cmd_import_torch(args) -> int:
   return 0
 
 
+def cmd_train(args, overrides) -> int:
+  from bilayer_jax.train import loop
+
+  config = apply_overrides(load_experiment(args.config), overrides)
+  try:
+    summary = loop.train(config, args.workdir)
+  except loop.TrainingDiverged as e:
+    print(f'train: {e}', file=sys.stderr)
+    return 3
+  except (ValueError, FileNotFoundError) as e:
+    print(f'train: {e}', file=sys.stderr)
+    return 2
+  print(f'train: finished at step {summary["step"]}')
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='bilayer-jax', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,11 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--networks', nargs='*', default=None, help='reference network names (default: all found)')
   p.add_argument('--overwrite', action='store_true', help='replace an existing --out folder')
   p.set_defaults(func=cmd_import_torch)
+
+  p = sub.add_parser('train', help='train (or resume) a model; overrides as --config.key=value')
+  p.add_argument('--config', required=True, help='experiments/NAME.py[:ARG]')
+  p.add_argument('--workdir', required=True, help='checkpoints, TensorBoard logs, images, exports')
+  p.set_defaults(func=cmd_train, takes_overrides=True)
   return parser
 
 
 def main(argv=None) -> int:
-  args = build_parser().parse_args(argv)
+  args, rest = build_parser().parse_known_args(argv)
+  if getattr(args, 'takes_overrides', False):
+    return args.func(args, rest)
+  if rest:
+    raise SystemExit(f'unrecognized arguments: {" ".join(rest)}')
   return args.func(args)
 
 

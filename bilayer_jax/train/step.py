@@ -1,0 +1,206 @@
+"""One training step, written once for one device with a named batch axis (spec 3, 6.2).
+
+Stage 1 trains the identity embedder, both generators with their projectors, the keypoints embedder and
+the discriminator; stage 2 trains the texture enhancer and the discriminator with the base model frozen
+(eval mode). The GAN update is the one the authors intended (spec 10, bug B1): one backward pass of
+
+    total = D_ADV(real, stop_grad(fake); theta_D) + G_terms(theta_G; stop_grad(theta_D))
+
+gives dD_ADV/dtheta_D to the discriminator and dG/dtheta_G to the generators. Gradients, losses and
+BatchNorm statistics are averaged over every device of every host through `axis_name`; how the step is
+parallelized (shard_map or pmap) is a wrapper around it (parallel.py).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from bilayer_jax import model as model_lib
+from bilayer_jax.avatar.identity_embedder import embedder_inputs
+from bilayer_jax.avatar.texture_enhancer import enhance_texture
+from bilayer_jax.losses import gan, reconstruction
+from bilayer_jax.nn.layers import EVAL, TRAIN, Mode
+
+# Optimizer groups (one Adam each, as the authors) and the variables each group owns.
+STAGE_GROUPS = {
+    'base': {
+        'identity_embedder': ('identity_embedder',),
+        'texture_generator': ('texture_generator', 'texture_projector'),
+        'keypoints_embedder': ('keypoints_embedder',),
+        'inference_generator': ('inference_generator', 'inference_projector'),
+        'discriminator': ('discriminator',),
+    },
+    'enhancer': {
+        'texture_enhancer': ('texture_enhancer',),
+        'discriminator': ('discriminator',),
+    },
+}
+LOSS_NAMES = ('D_ADV', 'G_ADV', 'G_FM', 'G_PER', 'G_L1', 'G_BCE', 'G_WPR')
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  variables: dict          # network -> {'params', 'batch_stats', 'spectral'}
+  opt_states: dict         # optimizer group -> optax state
+  rng: jax.Array
+
+
+def optimizer(training) -> optax.GradientTransformation:
+  return optax.adam(training.learning_rate, b1=training.adam_b1, b2=training.adam_b2, eps=training.adam_eps)
+
+
+def init_state(config, variables: dict, seed: int = 0) -> TrainState:
+  groups = STAGE_GROUPS[config.training.stage]
+  tx = optimizer(config.training)
+  opt_states = {g: tx.init({n: variables[n]['params'] for n in nets}) for g, nets in groups.items()}
+  return TrainState(step=jnp.zeros((), jnp.int32), variables=variables, opt_states=opt_states,
+                    rng=jax.random.PRNGKey(seed))
+
+
+def _cast(tree, dtype):
+  return jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def _frames(batch, prefix):
+  """(b, n, ...) -> (b * n, ...) for every tensor of the source or target side."""
+  out = {}
+  for key in ('image', 'keypoints', 'stickman', 'mask'):
+    x = batch[f'{prefix}_{key}']
+    out[key] = x.reshape((-1,) + x.shape[2:])
+  return out
+
+
+def base_forward(config, nets, variables, batch, mode: Mode, dtype):
+  """Embedder -> projectors -> texture generator -> keypoints embedder -> inference generator (spec 3, 1-4).
+
+  Returns (outputs, variables with updated BatchNorm statistics / spectral vectors).
+  """
+  model = config.model
+  source, target = _frames(batch, 'source'), _frames(batch, 'target')
+  b = source['image'].shape[0]
+  mask = source['mask'] if model.emb_apply_masks else None
+  inputs = embedder_inputs(source['image'], None if model.emb_no_stickman else source['stickman'], mask)
+  tex_adaptive, inf_adaptive, variables = model_lib.identity_adaptive_params(nets, variables, inputs.astype(dtype), mode)
+  texture, variables['texture_generator'] = model_lib.apply(
+      nets['texture_generator'], variables['texture_generator'], tex_adaptive, mode=mode)
+  poses = target['keypoints'].reshape(target['keypoints'].shape[0], -1).astype(dtype)
+  frame, variables = model_lib.frame_outputs(model, nets, variables, texture, inf_adaptive, poses, mode)
+  return dict(source=source, target=target, texture=texture, inf_adaptive=inf_adaptive, frame=frame,
+              num_identities=b), variables
+
+
+def _discriminate(nets, variables, images, stickman, mode, no_stickman):
+  inputs = images if no_stickman else jnp.concatenate([images, stickman.astype(images.dtype)], -1)
+  (scores, features), variables = model_lib.apply(nets['discriminator'], variables, inputs, mode=mode)
+  return scores.astype(jnp.float32), features, variables
+
+
+def make_train_step(config, nets, perceptual_fn: Callable | None, axis_name: str | None):
+  """The per-device step: (state, batch) -> (state, metrics). `nets` must be built with this axis_name."""
+  training = config.training
+  weights = training.loss_weights
+  stage = training.stage
+  groups = STAGE_GROUPS[stage]
+  trainable = tuple(n for names in groups.values() for n in names)
+  dtype = jnp.dtype(training.compute_dtype)
+  tx = optimizer(training)
+  no_stickman = config.model.dis_no_stickman
+  pmean = (lambda x: jax.lax.pmean(x, axis_name)) if axis_name else (lambda x: x)
+
+  def loss_fn(params, state: TrainState, batch):
+    variables = {n: dict(v) for n, v in state.variables.items()}
+    for n in trainable:
+      variables[n]['params'] = _cast(params[n], dtype) if dtype != jnp.float32 else params[n]
+    frozen_mode = TRAIN if stage == 'base' else EVAL
+    out, variables = base_forward(config, nets, variables, batch, frozen_mode, dtype)
+    frame, target, source = out['frame'], out['target'], out['source']
+    if stage == 'base':
+      fake_image, lf, lf_detached_image = frame['image'], frame['low_freq'], jax.lax.stop_gradient(frame['low_freq']) + frame['high_freq']
+    else:
+      frame = jax.tree_util.tree_map(jax.lax.stop_gradient, frame)
+      out['texture'] = jax.lax.stop_gradient(out['texture'])
+      source_frame, _ = model_lib.frame_outputs(
+          config.model, nets, variables, out['texture'], out['inf_adaptive'],
+          source['keypoints'].reshape(source['keypoints'].shape[0], -1).astype(dtype), EVAL)
+      source_frame = jax.tree_util.tree_map(jax.lax.stop_gradient, source_frame)
+      enhancer_vars = variables['texture_enhancer']
+      updated = {}
+
+      def apply_enhancer(x):
+        y, new_vars = model_lib.apply(nets['texture_enhancer'], updated.get('v', enhancer_vars), x, mode=TRAIN)
+        updated['v'] = new_vars
+        return y
+
+      texture = enhance_texture(apply_enhancer, out['texture'], source_frame['uv'], source_frame['low_freq'],
+                                source_frame.get('mask'), source['image'].astype(dtype),
+                                config.model.enh_unrolling_depth, config.model.enh_guiding_rgb_loss_type,
+                                config.model.align_corners)
+      variables['texture_enhancer'] = updated.get('v', enhancer_vars)
+      from bilayer_jax.nn.warp import sample_texture
+      high = sample_texture(texture, frame['uv'], config.model.align_corners)
+      fake_image = frame['low_freq'] + high
+      lf, lf_detached_image = frame['low_freq'], fake_image
+    target_image = target['image'].astype(fake_image.dtype)
+    if training.apply_masks and 'mask' in frame:
+      m = jax.lax.stop_gradient(frame['mask'])
+      target_image = reconstruction.apply_mask(target_image, m)
+      fake_image = reconstruction.apply_mask(fake_image, m)
+      lf = reconstruction.apply_mask(lf, m)
+      lf_detached_image = reconstruction.apply_mask(lf_detached_image, m)
+
+    # Discriminator: "dis" pass on [real; detached fake], then "gen" pass with frozen parameters.
+    d_vars = variables['discriminator']
+    pair = jnp.concatenate([target_image, jax.lax.stop_gradient(fake_image)], 0)
+    stick = jnp.concatenate([target['stickman'], target['stickman']], 0)
+    scores, _, d_vars = _discriminate(nets, d_vars, pair, stick, TRAIN, no_stickman)
+    real_scores, fake_scores_d = jnp.split(scores, 2)
+    frozen_d = {**d_vars, 'params': jax.lax.stop_gradient(d_vars['params'])}
+    pair = jnp.concatenate([target_image, fake_image], 0)
+    scores, features, frozen_d = _discriminate(nets, frozen_d, pair, stick, TRAIN, no_stickman)
+    d_vars = {**frozen_d, 'params': d_vars['params']}
+    variables['discriminator'] = d_vars
+    _, fake_scores_g = jnp.split(scores, 2)
+    real_features, fake_features = zip(*(jnp.split(f, 2) for f in features))
+
+    losses = {
+        'D_ADV': weights.adversarial * gan.discriminator_hinge(real_scores, fake_scores_d, axis_name),
+        'G_ADV': weights.adversarial * gan.generator_hinge(fake_scores_g, real_scores, axis_name),
+        'G_FM': weights.feature_matching * gan.feature_matching(fake_features, real_features),
+    }
+    per_image = lf_detached_image if stage == 'base' else fake_image
+    losses['G_PER'] = (perceptual_fn(per_image.astype(jnp.float32), target_image.astype(jnp.float32))
+                       if perceptual_fn is not None else jnp.zeros(()))
+    if stage == 'base':
+      losses['G_L1'] = weights.pixelwise * reconstruction.l1(lf, target_image)
+      losses['G_BCE'] = (weights.segmentation * reconstruction.mask_bce(frame['mask_logits'], target['mask'])
+                         if 'mask_logits' in frame else jnp.zeros(()))
+      losses['G_WPR'] = weights.warp_regularizer * reconstruction.warp_regularizer(frame['delta_uv'])
+    total = sum(losses.values())
+    new_collections = {n: {k: v for k, v in variables[n].items() if k != 'params'} for n in variables}
+    return total, (losses, new_collections)
+
+  def step(state: TrainState, batch):
+    params = {n: state.variables[n]['params'] for n in trainable}
+    grads, (losses, collections) = jax.grad(loss_fn, has_aux=True)(params, state, batch)
+    grads = pmean(grads)
+    losses = pmean(losses)
+    new_variables = {n: {**state.variables[n], **collections[n]} for n in state.variables}
+    new_opt_states = {}
+    for group, names in groups.items():
+      g = {n: grads[n] for n in names}
+      p = {n: state.variables[n]['params'] for n in names}
+      updates, new_opt_states[group] = tx.update(g, state.opt_states[group], p)
+      p = optax.apply_updates(p, updates)
+      for n in names:
+        new_variables[n]['params'] = p[n]
+    losses = {k: losses.get(k, jnp.zeros(())) for k in LOSS_NAMES}
+    losses['total'] = sum(losses.values())
+    new_state = state.replace(step=state.step + 1, variables=new_variables, opt_states=new_opt_states)
+    return new_state, losses
+
+  return step

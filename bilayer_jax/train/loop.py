@@ -135,6 +135,7 @@ def train(config, workdir, progress: bool = True) -> dict:
   previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
   num_steps = config.training.num_steps
   step = start
+  last_saved = start
   history = []
   last_time = time.time()
   bar = tqdm(total=num_steps, initial=start, desc='train', disable=not (progress and is_main), dynamic_ncols=True)
@@ -171,13 +172,15 @@ def train(config, workdir, progress: bool = True) -> dict:
         save_png(workdir / 'images' / f'step_{step:07d}.png', grid)
       if step % config.checkpoint_every == 0:
         checkpointer.save(step, dp.get_state(state), {'input_position': position, 'step': step})
+        last_saved = step
       if stop['signal'] is not None:
-        checkpointer.save(step, dp.get_state(state), {'input_position': position, 'step': step}, force=True)
+        if last_saved != step:
+          checkpointer.save(step, dp.get_state(state), {'input_position': position, 'step': step}, force=True)
         checkpointer.wait()
         if is_main:
           print(f'SIGTERM: saved step {step} and stopped; rerun the same command to continue', flush=True)
         return {'step': step, 'stopped': 'SIGTERM', 'history': history}
-    if checkpointer.latest_step() != step:
+    if last_saved != step:
       checkpointer.save(step, dp.get_state(state), {'input_position': position, 'step': step}, force=True)
     checkpointer.wait()
   finally:

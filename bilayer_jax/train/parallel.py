@@ -33,28 +33,29 @@ def maybe_initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
-def global_mesh() -> Mesh:
-  return Mesh(np.asarray(jax.devices()), (AXIS,))
+def global_mesh(devices=None) -> Mesh:
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), (AXIS,))
 
 
 class DataParallel:
   """Compiles a per-device step for the devices present and moves state and batches in and out."""
 
-  def __init__(self, per_device_step, kind: str = 'shard_map'):
+  def __init__(self, per_device_step, kind: str = 'shard_map', devices=None):
+    """devices: a subset of a single host's devices (tests); default every device of every host."""
     if kind not in ('shard_map', 'pmap'):
       raise ValueError(f"parallel must be 'shard_map' or 'pmap', got {kind!r}")
     self.kind = kind
-    self.num_devices = jax.device_count()
-    self.num_local_devices = jax.local_device_count()
+    self.num_devices = jax.device_count() if devices is None else len(devices)
+    self.num_local_devices = jax.local_device_count() if devices is None else len(devices)
     if kind == 'shard_map':
-      self.mesh = global_mesh()
+      self.mesh = global_mesh(devices)
       sharded = jax.shard_map(per_device_step, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()),
                               check_vma=False)
       self._step = jax.jit(sharded, donate_argnums=0)
       self._replicated = NamedSharding(self.mesh, P())
       self._batch_sharding = NamedSharding(self.mesh, P(AXIS))
     else:
-      self._step = jax.pmap(per_device_step, axis_name=AXIS, donate_argnums=0)
+      self._step = jax.pmap(per_device_step, axis_name=AXIS, donate_argnums=0, devices=devices)
 
   def check_batch_size(self, local_batch_size: int) -> None:
     if local_batch_size % self.num_local_devices:
@@ -64,7 +65,8 @@ class DataParallel:
   def put_state(self, state):
     """Host state -> replicated device state."""
     if self.kind == 'shard_map':
-      return jax.device_put(state, self._replicated)
+      # From host copies: the step donates its input, which must not delete the caller's arrays.
+      return jax.device_put(jax.tree_util.tree_map(np.asarray, state), self._replicated)
     n = self.num_local_devices
     return jax.tree_util.tree_map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)).copy(), state)
 

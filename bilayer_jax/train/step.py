@@ -51,7 +51,15 @@ class TrainState:
 
 
 def optimizer(training) -> optax.GradientTransformation:
-  return optax.adam(training.learning_rate, b1=training.adam_b1, b2=training.adam_b2, eps=training.adam_eps)
+  """Adam as the authors (one per network group). 'sgd' is plain gradient descent: Adam's normalization
+  turns float round-off in near-zero gradients (e.g. conv biases that feed a BatchNorm) into lr-sized steps,
+  so comparisons of parallel forms to 1e-5 use sgd."""
+  kind = training.get('optimizer', 'adam')
+  if kind == 'adam':
+    return optax.adam(training.learning_rate, b1=training.adam_b1, b2=training.adam_b2, eps=training.adam_eps)
+  if kind == 'sgd':
+    return optax.sgd(training.learning_rate)
+  raise ValueError(f"training.optimizer must be 'adam' or 'sgd', got {kind!r}")
 
 
 def init_state(config, variables: dict, seed: int = 0) -> TrainState:

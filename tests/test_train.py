@@ -1,0 +1,181 @@
+"""Training: the GAN update, data parallelism on simulated devices and hosts, preemption and divergence.
+
+The parallel and process tests run `bilayer-jax train` / tests/parallel_driver.py in subprocesses, since the
+number of simulated CPU devices is fixed when JAX starts.
+"""
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bilayer_jax import model as model_lib
+from bilayer_jax.losses import gan
+from bilayer_jax.train import data as data_lib
+from bilayer_jax.train.checkpoints import Checkpointer
+from bilayer_jax.train.defaults import training_config
+from bilayer_jax.train.step import init_state, make_train_step
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXPERIMENT = str(ROOT / 'experiments' / 'tiny_cpu.py') + ':synthetic,micro'
+QUICK = ['--config.image_every=0', '--config.training.bn_stats_batches=0', '--config.log_every=1']
+
+
+def env(devices=1, **extra):
+  e = dict(os.environ)
+  e['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  e['PYTHONPATH'] = str(ROOT) + os.pathsep + e.get('PYTHONPATH', '')
+  e.update(extra)
+  return e
+
+
+def train_cmd(workdir, *overrides):
+  return [sys.executable, '-m', 'bilayer_jax.cli', 'train', '--config', EXPERIMENT, '--workdir', str(workdir),
+          *QUICK, *overrides]
+
+
+def restore(workdir, step, optimizer='adam'):
+  config = training_config('micro')
+  config.training.perceptual = []
+  config.training.optimizer = optimizer
+  template = init_state(config, model_lib.init_variables(config.model, 0))
+  state, meta = Checkpointer(pathlib.Path(workdir) / 'checkpoints', 1, 10).restore(step, template)
+  return state, meta
+
+
+def max_difference(a, b):
+  diffs = jax.tree_util.tree_map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b)
+  return max(jax.tree_util.tree_leaves(diffs))
+
+
+def test_relativistic_hinge_values():
+  r = jnp.array([1.0, 3.0])
+  f = jnp.array([0.0, -2.0])
+  # mean f = -1, mean r = 2
+  d = (np.mean(np.maximum(0, 1 - (np.array([1, 3]) + 1))) + np.mean(np.maximum(0, 1 + (np.array([0, -2]) - 2))))
+  assert float(gan.discriminator_hinge(r, f)) == pytest.approx(d)
+  g = (np.mean(np.maximum(0, 1 - (np.array([0, -2]) - 2))) + np.mean(np.maximum(0, 1 + (np.array([1, 3]) + 1))))
+  assert float(gan.generator_hinge(f, r)) == pytest.approx(g)
+  assert float(gan.feature_matching([jnp.ones(3)], [jnp.zeros(3)])) == 1.0
+
+
+def test_generator_terms_never_update_the_discriminator():
+  """Feature matching alone: the generators learn, D's parameters stay where they were (spec 10, B1)."""
+  config = training_config('micro')
+  config.training.perceptual = []
+  config.training.loss_weights.update(dict(adversarial=0.0, pixelwise=0.0, segmentation=0.0, feature_matching=10.0))
+  variables = model_lib.init_variables(config.model, 0)
+  state = init_state(config, variables)
+  step = jax.jit(make_train_step(config, model_lib.build_networks(config.model), None, None))
+  batch = next(data_lib.synthetic_batches(0, 2, config.model.image_size, 0, 0, 1))
+  new, metrics = step(state, batch)
+  assert float(metrics['G_FM']) > 0 and float(metrics['D_ADV']) == 0
+  d_before, d_after = variables['discriminator']['params'], new.variables['discriminator']['params']
+  assert max_difference(d_before, d_after) == 0.0
+  assert max_difference(variables['inference_generator']['params'], new.variables['inference_generator']['params']) > 0
+  # D's BatchNorm statistics and spectral vectors still move (it ran in training mode)
+  assert max_difference(variables['discriminator']['spectral'], new.variables['discriminator']['spectral']) > 0
+
+
+def test_parallel_forms_and_synchronized_batchnorm(tmp_path):
+  """shard_map on 8 devices == pmap on 8 devices == one device with the whole batch (1e-5)."""
+  out = tmp_path / 'params.npz'
+  subprocess.run([sys.executable, str(ROOT / 'tests' / 'parallel_driver.py'), str(out), 'sgd'],
+                 env=env(8), check=True, timeout=900, capture_output=True)
+  d = np.load(out)
+  keys = [k.split('/', 1)[1] for k in d.files if k.startswith('shard_map8/')]
+  assert len(keys) > 100
+  for other in ('pmap8', 'shard_map1'):
+    worst = max(keys, key=lambda k: np.abs(d['shard_map8/' + k] - d[f'{other}/' + k]).max())
+    diff = np.abs(d['shard_map8/' + worst] - d[f'{other}/' + worst]).max()
+    assert diff < 1e-5, (other, worst, diff)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tmp_path):
+  """2 processes x 4 CPU devices on localhost == 1 process x 8 devices."""
+  common = ['--config.training.num_steps=2', '--config.training.batch_size=8', '--config.checkpoint_every=2',
+            '--config.training.optimizer=sgd', '--config.training.learning_rate=0.01']
+  port = _free_port()
+  procs = [subprocess.Popen(train_cmd(tmp_path / 'multi', *common), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT,
+                            env=env(4, BILAYER_COORDINATOR=f'localhost:{port}', BILAYER_NUM_PROCESSES='2',
+                                    BILAYER_PROCESS_ID=str(i)))
+           for i in range(2)]
+  single = subprocess.run(train_cmd(tmp_path / 'single', *common), cwd=tmp_path, env=env(8), capture_output=True,
+                          text=True, timeout=900)
+  outputs = [p.communicate(timeout=900)[0].decode() for p in procs]
+  assert all(p.returncode == 0 for p in procs), outputs
+  assert single.returncode == 0, single.stderr
+  a, _ = restore(tmp_path / 'multi', 2, 'sgd')
+  b, _ = restore(tmp_path / 'single', 2, 'sgd')
+  assert max_difference(a.variables, b.variables) < 1e-5
+  # only process 0 writes logs and images
+  assert len(list((tmp_path / 'multi' / 'tensorboard').glob('events*'))) == 1
+
+
+def test_sigkill_mid_run_then_restart_equals_an_uninterrupted_run(tmp_path):
+  common = ['--config.training.num_steps=6', '--config.checkpoint_every=2']
+  full = subprocess.run(train_cmd(tmp_path / 'full', *common), cwd=tmp_path, env=env(), capture_output=True,
+                        text=True, timeout=900)
+  assert full.returncode == 0, full.stderr
+  run = tmp_path / 'killed'
+  proc = subprocess.Popen(train_cmd(run, *common), cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 600
+  while not (run / 'checkpoints' / '2').is_dir() and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  resumed = subprocess.run(train_cmd(run, *common), cwd=tmp_path, env=env(), capture_output=True, text=True,
+                           timeout=900)
+  assert resumed.returncode == 0, resumed.stderr
+  assert 'resumed from step' in resumed.stdout
+  a, meta = restore(tmp_path / 'full', 6)
+  b, _ = restore(run, 6)
+  assert meta['input_position'] == 6
+  assert int(b.step) == 6
+  assert max_difference(a.variables, b.variables) < 1e-6
+  assert max_difference(a.opt_states, b.opt_states) < 1e-6
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+  run = tmp_path / 'run'
+  proc = subprocess.Popen(train_cmd(run, '--config.training.num_steps=1000', '--config.checkpoint_every=2'),
+                          cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 600
+  while not (run / 'checkpoints' / '2').is_dir() and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err
+  assert 'SIGTERM: saved step' in out
+  saved = int(out.split('SIGTERM: saved step')[1].split()[0])
+  assert (run / 'checkpoints' / str(saved)).is_dir() and saved >= 2
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+  run = tmp_path / 'run'
+  result = subprocess.run(train_cmd(run, '--config.training.num_steps=50', '--config.checkpoint_every=1',
+                                    '--config.training.learning_rate=1e30'),
+                          cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=900)
+  assert result.returncode == 3, result.stderr
+  assert 'is not finite at step' in result.stderr and 'is intact' in result.stderr
+  steps = sorted(int(p.name) for p in (run / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps, 'no checkpoint kept'
+  bad_step = int(result.stderr.split('is not finite at step ')[1].split(';')[0])
+  assert max(steps) < bad_step
+  state, _ = restore(run, max(steps))
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(state.variables))

@@ -1,0 +1,154 @@
+"""Training-step throughput: bilayer-jax vs the authors' PyTorch networks, side by side in one run.
+
+  python benchmarks/train_step.py --config small --batch 2 [--reference /path/to/bilayer-model] [--threads 1 2]
+
+Both sides run stage 1 without the perceptual losses (adversarial, feature matching, L1, mask BCE), batch 2
+identities by default, on the CPU: forward of every network, the discriminator twice, one backward, one
+Adam step per network. The reference side gives the discriminator its gradient (the update the authors
+intended, spec 10 B1; as published D gets none, which makes its backward cheaper). JAX runs in a
+subprocess pinned with `taskset` for one thread (XLA's thread flags do not limit it, perf-notes.md).
+Prints a Markdown table of step time and samples/s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def jax_step_times(size: str, batch: int, steps: int) -> list[float]:
+  import jax
+  import numpy as np
+
+  from bilayer_jax import model as model_lib
+  from bilayer_jax.train import data
+  from bilayer_jax.train.defaults import training_config
+  from bilayer_jax.train.step import init_state, make_train_step
+
+  config = training_config(size)
+  config.training.perceptual = []
+  variables = model_lib.init_variables(config.model, 0)
+  state = init_state(config, variables)
+  step = jax.jit(make_train_step(config, model_lib.build_networks(config.model), None, None), donate_argnums=0)
+  batch_data = next(data.synthetic_batches(0, batch, config.model.image_size, 0, 0, 1))
+  t = time.time()
+  state, metrics = step(state, batch_data)
+  jax.block_until_ready(metrics)
+  print(f'  JAX compile + first step: {time.time() - t:.1f} s', file=sys.stderr, flush=True)
+  times = []
+  for _ in range(steps):
+    t = time.time()
+    state, metrics = step(state, batch_data)
+    jax.block_until_ready(metrics)
+    times.append(time.time() - t)
+  return times
+
+
+def reference_step_times(reference: str, size: str, batch: int, steps: int, threads: int) -> list[float]:
+  import numpy as np
+  import torch
+
+  sys.path.insert(0, str(ROOT / 'tools'))
+  import reference_parity as rp
+
+  torch.set_num_threads(threads)
+  flags = {**rp.PAPER_FLAGS, **rp.FLAG_SIZES['paper']}
+  if size == 'small':
+    for p in ('emb', 'tex', 'inf', 'dis'):
+      flags[f'{p}_num_channels'] = {'emb': 64, 'tex': 64, 'inf': 32, 'dis': 64}[p] // 4
+      flags[f'{p}_max_channels'] = {'emb': 512, 'tex': 512, 'inf': 256, 'dis': 512}[p] // 4
+    flags['pse_num_channels'] = 64
+  names = ('identity_embedder', 'texture_generator', 'keypoints_embedder', 'inference_generator', 'discriminator')
+  with rp.reference_on_path(reference):
+    import importlib
+    rn_utils = importlib.import_module('runners.utils')
+    ds_utils = importlib.import_module('datasets.utils')
+    args = rp.reference_args({**flags, 'pse_emb_source_pose': False, 'inf_pred_source_data': False})
+    nets = {n: importlib.import_module(f'networks.{n}').NetworkWrapper(args) for n in names}
+    for net in nets.values():
+      net.apply(lambda m: rn_utils.spectral_norm(m, apply_to=['conv2d', 'linear'], eps=args.eps))
+      net.train()
+    opts = {n: torch.optim.Adam(nets[n].parameters(), lr=2e-4, betas=(0.5, 0.999), eps=1e-7) for n in names}
+    rng = np.random.default_rng(0)
+    raw = rp._random_inputs(rng, batch, 1, 1, args.image_size)
+    size_px = args.image_size
+
+    def one_step():
+      d = {k: torch.from_numpy(v) for k, v in raw.items()}
+      d['source_stickmen'] = ds_utils.draw_stickmen(args, d['source_poses'].view(batch, -1)).view(batch, 1, 3, size_px, size_px)
+      d['target_stickmen'] = ds_utils.draw_stickmen(args, d['target_poses'].view(batch, -1)).view(batch, 1, 3, size_px, size_px)
+      for n in names[:-1]:
+        d = nets[n](d, list(names), nets)
+      # discriminator: the intended update (D from D_ADV on detached fakes, G from its terms)
+      dis = nets['discriminator'].net
+      real = torch.cat([d['target_imgs'], d['target_stickmen']], 2).flatten(0, 1)
+      fake = torch.cat([d['pred_target_imgs'], d['target_stickmen']], 2).flatten(0, 1)
+      r, f = dis(torch.cat([real, fake.detach()]))[0].split(batch)
+      d_adv = 0.5 * (torch.relu(1 - (r - f.mean())).mean() + torch.relu(1 + (f - r.mean())).mean())
+      for p in dis.parameters():
+        p.requires_grad_(False)
+      scores, feats = dis(torch.cat([real, fake]))
+      for p in dis.parameters():
+        p.requires_grad_(True)
+      rg = r.detach()
+      fg = scores.split(batch)[1]
+      g_adv = 0.5 * (torch.relu(1 - (fg - rg.mean())).mean() + torch.relu(1 + (rg - fg.mean())).mean())
+      fm = 10 * sum((a.split(batch)[1] - a.split(batch)[0].detach()).abs().mean() for a in feats) / len(feats)
+      l1 = 10 * (d['pred_target_delta_lf_rgbs'] - d['target_imgs']).abs().mean()
+      bce = 10 * torch.nn.functional.binary_cross_entropy_with_logits(d['pred_target_segs_logits'], d['target_segs'])
+      for o in opts.values():
+        o.zero_grad()
+      (d_adv + g_adv + fm + l1 + bce).backward()
+      for o in opts.values():
+        o.step()
+
+    one_step()
+    times = []
+    for _ in range(steps):
+      t = time.time()
+      one_step()
+      times.append(time.time() - t)
+  return times
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--config', default='small', choices=['paper', 'small', 'tiny'])
+  p.add_argument('--batch', type=int, default=2)
+  p.add_argument('--steps', type=int, default=5)
+  p.add_argument('--threads', type=int, nargs='*', default=[1, 2])
+  p.add_argument('--reference', default=os.environ.get('BILAYER_REFERENCE'), help='bilayer-model checkout')
+  p.add_argument('--jax-worker', action='store_true', help=argparse.SUPPRESS)
+  a = p.parse_args(argv)
+  if a.jax_worker:
+    print(json.dumps(jax_step_times(a.config, a.batch, a.steps)))
+    return
+  rows = []
+  for threads in a.threads:
+    cpus = ','.join(str(i) for i in range(threads))
+    cmd = ['taskset', '-c', cpus, sys.executable, __file__, '--jax-worker', '--config', a.config,
+           '--batch', str(a.batch), '--steps', str(a.steps)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    jax_times = json.loads(out.stdout.strip().splitlines()[-1])
+    rows.append(('bilayer-jax (XLA, jit)', threads, statistics.median(jax_times)))
+    if a.reference:
+      ref = reference_step_times(a.reference, a.config, a.batch, a.steps, threads)
+      rows.append(('reference PyTorch (eager)', threads, statistics.median(ref)))
+  load = os.getloadavg()
+  print(f'\ntraining step, size {a.config}, batch {a.batch}, no perceptual losses; load {load[0]:.2f}\n')
+  print('| implementation | threads | step time (median) | samples/s |')
+  print('|---|--:|--:|--:|')
+  for name, threads, t in rows:
+    print(f'| {name} | {threads} | {t:.3f} s | {a.batch / t:.2f} |')
+
+
+if __name__ == '__main__':
+  main()

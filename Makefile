@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch reads the authors' checkpoints in the importer tests.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: test test-all install info clean-venv
+.PHONY: demo test test-all install info clean-venv
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# The quickstart: preprocess the real carphone clip, train a tiny model (<= 12 min), evaluate, export, report.
+demo: install
+	$(VENV)/bin/bilayer-jax demo --out demo_out
 
 # The fast suite (tiny models; paper sizes only through shapes): what CI runs.
 test: install

@@ -137,6 +137,18 @@ def cmd_animate(args) -> int:
   return 0
 
 
+def cmd_demo(args) -> int:
+  from bilayer_jax import demo
+
+  try:
+    result = demo.run(args.out, minutes=args.minutes, steps=args.steps)
+  except demo.StageFailed as e:
+    print(str(e), file=sys.stderr)
+    return 1
+  print(demo.metric_table_md(result['metrics']))
+  return 0
+
+
 def cmd_tables(args) -> int:
   from bilayer_jax import tables
 
@@ -183,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--max-frames', type=int, default=None)
   p.add_argument('--overwrite', action='store_true')
   p.set_defaults(func=cmd_animate)
+
+  p = sub.add_parser('demo', help='the quickstart: preprocess, train, evaluate, export and report on CPU')
+  p.add_argument('--out', default='demo_out')
+  p.add_argument('--minutes', type=float, default=12.0, help='training time limit')
+  p.add_argument('--steps', type=int, default=None, help='training steps (default: experiments/demo.py)')
+  p.set_defaults(func=cmd_demo)
 
   p = sub.add_parser('tables', help="the paper's tables (complexity, speed, quality) as Markdown + a plot")
   p.add_argument('--out', required=True)

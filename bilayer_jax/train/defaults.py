@@ -16,6 +16,7 @@ def training_config(model_size: str = 'paper', stage: str = 'base') -> ml_collec
   t.stage = stage                    # 'base' (stage 1) or 'enhancer' (stage 2, base frozen)
   t.batch_size = 40                  # global, over every device of every host
   t.num_steps = 100_000
+  t.time_limit_minutes = 0.0         # > 0: stop (checkpoint + export) after this much training time
   t.optimizer = 'adam'               # 'sgd' only for numerical comparisons (see step.optimizer)
   t.learning_rate = 2e-4
   t.adam_b1 = 0.5

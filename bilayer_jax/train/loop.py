@@ -137,10 +137,16 @@ def train(config, workdir, progress: bool = True) -> dict:
   step = start
   last_saved = start
   history = []
-  last_time = time.time()
+  last_time, last_step = time.time(), start
   bar = tqdm(total=num_steps, initial=start, desc='train', disable=not (progress and is_main), dynamic_ncols=True)
+  time_limit = config.training.get('time_limit_minutes', 0) * 60
+  started = time.time()
   try:
     while step < num_steps:
+      if time_limit and time.time() - started > time_limit:
+        if is_main:
+          print(f'time limit of {time_limit / 60:.1f} min reached at step {step}; rerun to continue', flush=True)
+        break
       local = next(batches)
       state, metrics = dp.step(state, dp.put_batch(local))
       step += 1
@@ -156,8 +162,8 @@ def train(config, workdir, progress: bool = True) -> dict:
       bar.update(1)
       if step % config.log_every == 0 or step == num_steps:
         now = time.time()
-        seconds = (now - last_time) / (config.log_every if step % config.log_every == 0 else 1)
-        last_time = now
+        seconds = (now - last_time) / max(step - last_step, 1)
+        last_time, last_step = now, step
         bar.set_postfix(total=f'{metrics["total"]:.3f}', D=f'{metrics["D_ADV"]:.3f}')
         if writer is not None:
           for k, v in metrics.items():

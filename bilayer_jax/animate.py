@@ -103,9 +103,12 @@ def animate(model, photo: np.ndarray, frames, out_path, backend, fps: float = 25
   keypoints, boxes, summary = driver_keypoints(frames, backend, smoothing, progress)
 
   if render_backend == 'tflite':
-    from bilayer_jax.export import runtime
-    interpreter = runtime.FrameInterpreter(tflite_path)
-    render = lambda kp: np.stack([interpreter(k) for k in kp])
+    # An exported graph holds one avatar: it must have been exported from this same photo.
+    from bilayer_jax.export.tflite import TFLiteFrame
+    if not tflite_path:
+      raise ValueError('--backend tflite needs --tflite PATH (model_fp32.tflite or model_fp16.tflite from export)')
+    interpreter = TFLiteFrame(pathlib.Path(tflite_path).read_bytes())
+    render = lambda kp: np.stack([interpreter(k.reshape(1, -1))['image'][0] for k in kp])
   elif render_backend == 'jax':
     render = lambda kp: np.asarray(model.render(avatar, kp)['image'])
   else:

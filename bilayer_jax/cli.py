@@ -5,6 +5,10 @@
                                                   the authors' PyTorch run -> a checkpoint bilayer_jax.load opens
   bilayer-jax train --config experiments/base_model.py --workdir DIR [--config.key=value ...]
   bilayer-jax animate --checkpoint C --source PHOTO --driver VIDEO --out OUT.mp4 [--side-by-side]
+  bilayer-jax export CHECKPOINT --source PHOTO --out DIR   FP16/FP32 TFLite graphs of one avatar + report.json
+  bilayer-jax preprocess INPUT_DIR OUTPUT_DIR [...]          raw face videos -> training records
+  bilayer-jax evaluate --checkpoint C --data DATASET --out DIR
+  bilayer-jax demo --out demo_out                            the quickstart
   bilayer-jax tables --out DIR [--evaluation EVAL.json] [--export-report report.json]
 """
 from __future__ import annotations
@@ -149,6 +153,63 @@ def cmd_demo(args) -> int:
   return 0
 
 
+def cmd_export(args) -> int:
+  import json
+
+  from bilayer_jax import animate
+  from bilayer_jax.export import tflite
+  from bilayer_jax.faces import crop as crop_lib
+  from bilayer_jax.faces import landmarks
+
+  try:
+    import bilayer_jax
+    size = bilayer_jax.checkpoint.load(args.checkpoint)[0].image_size
+    face = crop_lib.prepare_face(animate.read_image(args.source), landmarks.make_backend(args.landmarks), size)
+    report = tflite.export_checkpoint(args.checkpoint, face['image'], face['keypoints'], None, args.out,
+                                      enhance=False if args.no_enhance else None, with_mask=args.with_mask,
+                                      allow_cpu_ops=args.allow_cpu_ops, latency_runs=args.latency_runs)
+  except (crop_lib.NoFaceError, FileExistsError, FileNotFoundError, ValueError) as e:
+    print(f'export: {e}', file=sys.stderr)
+    return 2
+  print(json.dumps(report, indent=2, default=str)[:3000])
+  print(f'wrote {args.out}')
+  return 0
+
+
+def cmd_preprocess(args) -> int:
+  from data_pipelines import preprocess
+  return preprocess.run_from_args(args)
+
+
+def cmd_evaluate(args) -> int:
+  import pathlib
+
+  import bilayer_jax
+  from bilayer_jax import evaluate
+  from data_pipelines import videos
+
+  try:
+    model = bilayer_jax.load(args.checkpoint)
+    data = list(videos.iter_videos(args.data, args.split, max_videos=args.max_videos, max_frames=args.max_frames))
+    if not data:
+      raise ValueError(f'no videos in split {args.split!r} of {args.data}')
+    scorer = evaluate.Scorer()
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    enhance = not args.no_enhance
+    for name, fn in (('self_reenactment', evaluate.self_reenactment), ('cross_identity', evaluate.cross_identity)):
+      if name == 'cross_identity' and len(data) < 2:
+        print('cross-identity needs two videos or more; skipped')
+        continue
+      result = fn(model, data, scorer, max_targets=args.max_targets, enhance=enhance)
+      evaluate.write(result, out / f'{name}.json', out / f'{name}.md', checkpoint=args.checkpoint, data=args.data)
+      print(evaluate.markdown(result, checkpoint=args.checkpoint, data=args.data))
+  except (FileNotFoundError, ValueError) as e:
+    print(f'evaluate: {e}', file=sys.stderr)
+    return 2
+  return 0
+
+
 def cmd_tables(args) -> int:
   from bilayer_jax import tables
 
@@ -195,6 +256,36 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--max-frames', type=int, default=None)
   p.add_argument('--overwrite', action='store_true')
   p.set_defaults(func=cmd_animate)
+
+  p = sub.add_parser('export', help='FP16/FP32 TFLite graphs of one avatar for the phone GPU')
+  p.add_argument('checkpoint')
+  p.add_argument('--source', required=True, help='photo whose avatar is baked into the graph')
+  p.add_argument('--out', required=True, help='folder for model_fp16.tflite, model_fp32.tflite, report.json')
+  p.add_argument('--with-mask', action='store_true', help='also output the predicted mask')
+  p.add_argument('--allow-cpu-ops', action='store_true', help='write a graph even if the GPU delegate rejects it')
+  p.add_argument('--no-enhance', action='store_true')
+  p.add_argument('--landmarks', default='dlib')
+  p.add_argument('--latency-runs', type=int, default=50)
+  p.set_defaults(func=cmd_export)
+
+  try:
+    from data_pipelines import preprocess as preprocess_lib
+    p = sub.add_parser('preprocess', help='raw face videos -> sharded training records (+ manifest)')
+    preprocess_lib.build_parser(p)
+    p.set_defaults(func=cmd_preprocess)
+  except ImportError:  # data_pipelines is not importable outside a source checkout
+    pass
+
+  p = sub.add_parser('evaluate', help="the paper's self-reenactment and cross-identity protocols")
+  p.add_argument('--checkpoint', required=True)
+  p.add_argument('--data', required=True, help='a bilayer-jax preprocess output folder')
+  p.add_argument('--split', default='test')
+  p.add_argument('--out', default='evaluation', help='folder for JSON (per-video results) and Markdown')
+  p.add_argument('--max-videos', type=int, default=None)
+  p.add_argument('--max-frames', type=int, default=None, help='frames read per video')
+  p.add_argument('--max-targets', type=int, default=32, help='target frames scored per video')
+  p.add_argument('--no-enhance', action='store_true')
+  p.set_defaults(func=cmd_evaluate)
 
   p = sub.add_parser('demo', help='the quickstart: preprocess, train, evaluate, export and report on CPU')
   p.add_argument('--out', default='demo_out')

@@ -109,7 +109,7 @@ def run(out_dir='demo_out', minutes: float = 12.0, steps: int | None = None, pro
 
   with stage('1/5 data: preprocess the carphone clip', timings):
     from data_pipelines import preprocess as preprocess_lib
-    from data_pipelines.extract import Config as PreprocessConfig
+    from data_pipelines.config import Config as PreprocessConfig
     assets = asset_paths()
     frames, fps = animate.read_video(assets['clip'])
     if len(frames) < max(HELD_OUT) + 1:

@@ -1,0 +1,351 @@
+"""`bilayer-jax preprocess`: a folder of talking-head videos -> sharded training frames + manifest (a TFDS dataset).
+
+  bilayer-jax preprocess VIDEOS/ OUT/ --size 256 --landmarks dlib --segmenter selfie --max-frames 64 --workers 16
+  (or: python -m data_pipelines.preprocess VIDEOS/ OUT/ ...)
+
+Data flow: media.scan (videos, identity split) -> a plan (videos grouped into shards, in sorted order)
+-> worker processes run extract.Extractor per video -> this process writes each shard when all its videos
+are back -> when every shard exists: TFDS metadata and manifest.json.
+
+Output folder:
+  plan.json                              config + shard plan, written once; a rerun must match it
+  bilayer_faces-{split}.array_record-NNNNN-of-MMMMM   frames (records.py), one file per shard
+  shards/{split}-NNNNN.json              per shard: videos written (record offsets, counts), items skipped
+  dataset_info.json, features.json       TFDS metadata (tfds.builder_from_directory)
+  manifest.json                          written last: config, counts, per-split video index, skipped items
+
+Resuming: a shard is done when its record file exists (written to a .tmp file, then renamed), so a crash
+loses only the shards in progress; a rerun processes only the missing shards and never rewrites a file
+that is complete. A rerun with other input videos or another config stops with an error instead
+of mixing two datasets (use a new output folder). Every skipped item (file, clip, video) is listed
+in the manifest with its reason, frame-level drops are counted per video.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import pathlib
+import sys
+import time
+from typing import Optional
+
+from data_pipelines import media, records
+from data_pipelines.config import Config
+
+log = logging.getLogger('bilayer_jax.preprocess')
+
+PLAN_FILE = 'plan.json'
+MANIFEST_FILE = 'manifest.json'
+REPORTS_DIR = 'shards'
+FORMAT_VERSION = 'bilayer-faces/1'
+
+
+class PlanMismatch(RuntimeError):
+  """The output folder was made from other input videos or another config."""
+
+
+def _write_json(path: pathlib.Path, data, replace: bool = False):
+  """Atomic JSON write; refuses to replace an existing file unless `replace`."""
+  if path.exists() and not replace:
+    raise FileExistsError(f'{path} exists; not overwriting')
+  tmp = path.with_name(path.name + '.tmp')
+  tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+  os.replace(tmp, path)
+
+
+def make_plan(videos, config: Config, layout: str) -> dict:
+  """Deterministic shard plan: per split, consecutive groups of `videos_per_shard` sorted videos."""
+  splits = {}
+  for video in videos:
+    splits.setdefault(video.split, []).append(video)
+  plan = {'format': FORMAT_VERSION, 'layout': layout, 'config': _config_dict(config), 'splits': {}}
+  for split, members in sorted(splits.items()):
+    step = config.videos_per_shard
+    groups = [members[i:i + step] for i in range(0, len(members), step)]
+    plan['splits'][split] = [
+        {'videos': [v.video_id for v in group],
+         'digest': hashlib.sha256('\n'.join(c.name for v in group for c in v.clips).encode()).hexdigest()}
+        for group in groups]
+  return plan
+
+
+def _config_dict(config: Config) -> dict:
+  data = dataclasses.asdict(config)
+  data['test_identities'] = sorted(data['test_identities'])
+  return data
+
+
+def _describe_mismatch(old: dict, new: dict) -> str:
+  for key in sorted(set(old['config']) | set(new['config'])):
+    if old['config'].get(key) != new['config'].get(key):
+      return f'config {key}: {old["config"].get(key)!r} before, {new["config"].get(key)!r} now'
+  if old['layout'] != new['layout']:
+    return f'layout {old["layout"]} before, {new["layout"]} now'
+  ids = lambda p: {v for shards in p['splits'].values() for s in shards for v in s['videos']}
+  added, removed = ids(new) - ids(old), ids(old) - ids(new)
+  if added or removed:
+    return f'{len(added)} videos added (e.g. {sorted(added)[:3]}), {len(removed)} removed (e.g. {sorted(removed)[:3]})'
+  return 'the clips or the split of some videos changed'
+
+
+def _check_models(config: Config):
+  """Fail before starting workers when a model file is missing (instead of skipping every video)."""
+  from bilayer_jax.faces import landmarks, segmentation
+
+  landmarks.make_backend(config.landmarks)
+  if config.segmenter == 'selfie':
+    segmentation.SelfieSegmenter(config.selfie_model)
+
+
+def _shard_paths(out: pathlib.Path, split: str, index: int, count: int):
+  return out / records.shard_filename(split, index, count), out / REPORTS_DIR / f'{split}-{index:05d}.json'
+
+
+def _write_shard(out, split, index, count, results) -> dict:
+  """All results of one shard (plan order) -> its record file and its report."""
+  record_path, report_path = _shard_paths(out, split, index, count)
+  serialized, videos, skipped = [], [], []
+  for result in results:
+    skipped += result['skipped_clips']
+    if result['skipped']:
+      skipped.append({'item': result['video_id'], 'reason': result['skipped']})
+      continue
+    videos.append({'video_id': result['video_id'], 'person': result['person'], 'offset': len(serialized),
+                   'frames': len(result['frames']), 'counts': result['counts']})
+    serialized += [records.serialize_frame(frame, result['video_id']) for frame in result['frames']]
+  for item in skipped:
+    log.info('skipped %s: %s', item['item'], item['reason'])
+  report = {'split': split, 'shard': index, 'file': record_path.name, 'records': len(serialized),
+            'bytes': sum(len(r) for r in serialized), 'videos': videos, 'skipped': skipped,
+            'counts': {key: sum(r['counts'][key] for r in results) for key in results[0]['counts']}}
+  if report_path.exists():
+    log.warning('replacing %s left by an interrupted run (its shard file was never completed)', report_path)
+  _write_json(report_path, report, replace=True)  # only ever replaces the report of an unfinished shard
+  records.write_shard(record_path, serialized)   # the rename of this file marks the shard as done
+  return report
+
+
+def _finish(out: pathlib.Path, plan: dict, config: Config, scan_skipped: list, input_dir: str) -> dict:
+  """All shards exist: TFDS metadata, then manifest.json (the last file written)."""
+  reports = {split: [json.loads(_shard_paths(out, split, i, len(shards))[1].read_text())
+                     for i in range(len(shards))] for split, shards in plan['splits'].items()}
+  records.write_tfds_metadata(
+      out, config.image_size,
+      {split: [r['records'] for r in rs] for split, rs in reports.items()},
+      {split: sum(r['bytes'] for r in rs) for split, rs in reports.items()},
+      description='Face crops, 68 keypoints and soft masks made by `bilayer-jax preprocess` (see manifest.json).')
+  counts = {'videos_planned': 0, 'videos_written': 0}
+  splits, skipped = {}, list(scan_skipped)
+  for split, rs in reports.items():
+    index = [[v['video_id'], r['shard'], v['offset'], v['frames']] for r in rs for v in r['videos']]
+    splits[split] = {'shards': [r['file'] for r in rs], 'shard_records': [r['records'] for r in rs],
+                     'videos': len(index), 'frames': sum(r['records'] for r in rs),
+                     'persons': len({v['person'] for r in rs for v in r['videos']}), 'index': index}
+    counts['videos_planned'] += sum(len(s['videos']) for s in plan['splits'][split])
+    counts['videos_written'] += len(index)
+    for r in rs:
+      skipped += r['skipped']
+      for key, value in r['counts'].items():  # frames: selected, written, and dropped by reason
+        counts[f'frames_{key}'] = counts.get(f'frames_{key}', 0) + value
+  counts['videos_skipped'] = counts['videos_planned'] - counts['videos_written']
+  counts['items_skipped'] = len(skipped)
+  manifest = {'format': FORMAT_VERSION, 'input_dir': str(input_dir), 'layout': plan['layout'],
+              'config': plan['config'], 'record_format': records.FILE_FORMAT, 'image_size': config.image_size,
+              'counts': counts, 'splits': splits, 'skipped': skipped}
+  _write_json(out / MANIFEST_FILE, manifest)
+  return manifest
+
+
+def preprocess(input_dir, output_dir, config: Config = Config(), num_workers: Optional[int] = None,
+               progress: bool = True) -> dict:
+  """Run (or resume) the job. Returns a summary dict; the full record is OUT/manifest.json."""
+  start = time.time()
+  config.validate()
+  out = pathlib.Path(output_dir)
+  source = pathlib.Path(input_dir).resolve()
+  if out.resolve() == source or source in out.resolve().parents:
+    raise ValueError(f'the output folder {out} must not lie inside the input folder {input_dir}')
+  layout, videos, scan_skipped = media.scan(input_dir, config.test_fraction, config.test_identities)
+  if not videos:
+    raise ValueError(f'no videos found in {input_dir} (expected PERSON/VIDEO/CLIP.mp4, frame folders, '
+                     'or the authors\' imgs/keypoints/segs layout)')
+  if config.segmenter == 'user' and layout == 'authors':
+    raise ValueError("segmenter 'user' reads frame-aligned masks; the authors' layout brings its own in segs/")
+  plan = make_plan(videos, config, layout)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / REPORTS_DIR).mkdir(exist_ok=True)
+  plan_path = out / PLAN_FILE
+  if plan_path.exists():
+    old = json.loads(plan_path.read_text())
+    if old != plan:
+      raise PlanMismatch(f'{out} was made from other input or settings ({_describe_mismatch(old, plan)}); '
+                         'use a new output folder')
+  else:
+    if any(out.glob(f'{records.DATASET_NAME}-*')) or (out / MANIFEST_FILE).exists():
+      raise PlanMismatch(f'{out} holds data without a {PLAN_FILE}; use a new output folder')
+    _write_json(plan_path, plan)
+  for stale in (list(out.glob(f'{records.DATASET_NAME}-*.tmp')) + list(out.glob('*.json.tmp'))
+                + list((out / REPORTS_DIR).glob('*.json.tmp'))):
+    stale.unlink()  # our own partial files from an interrupted run
+
+  by_id = {(v.split, v.video_id): v for v in videos}
+  todo = {}
+  for split, shards in plan['splits'].items():
+    for index, shard in enumerate(shards):
+      if not _shard_paths(out, split, index, len(shards))[0].exists():
+        todo[(split, index)] = [by_id[(split, vid)] for vid in shard['videos']]
+  num_videos = sum(len(s['videos']) for shards in plan['splits'].values() for s in shards)
+  num_todo = sum(len(v) for v in todo.values())
+  summary = {'output_dir': str(out), 'videos': num_videos, 'videos_done_before': num_videos - num_todo,
+             'videos_processed': num_todo, 'shards_written': 0, 'videos_written': 0, 'videos_skipped': 0,
+             'frames_written': 0}
+  if todo:
+    _check_models(config)
+    summary.update(_run(out, plan, config, todo, num_workers, progress))
+  manifest_path = out / MANIFEST_FILE
+  if not manifest_path.exists():
+    manifest = _finish(out, plan, config, scan_skipped, input_dir)
+    summary['manifest_written'] = True
+  else:
+    manifest = json.loads(manifest_path.read_text())
+    summary['manifest_written'] = False
+  summary['total'] = manifest['counts']
+  summary['splits'] = {s: {k: v for k, v in d.items() if k in ('videos', 'frames', 'persons')}
+                       for s, d in manifest['splits'].items()}
+  summary['skipped'] = len(manifest['skipped'])
+  summary['seconds'] = round(time.time() - start, 2)
+  return summary
+
+
+def _run(out, plan, config, todo: dict, num_workers, progress) -> dict:
+  tasks = [(key, pos, video) for key, members in todo.items() for pos, video in enumerate(members)]
+  pending = {key: [None] * len(members) for key, members in todo.items()}
+  stats = {'shards_written': 0, 'videos_written': 0, 'videos_skipped': 0, 'frames_written': 0}
+  bar = _progress_bar(len(tasks), progress)
+
+  def collect(key, position, result):
+    bar.update(1)
+    pending[key][position] = result
+    if all(r is not None for r in pending[key]):
+      split, index = key
+      report = _write_shard(out, split, index, len(plan['splits'][split]), pending.pop(key))
+      stats['shards_written'] += 1
+      stats['videos_written'] += len(report['videos'])
+      stats['videos_skipped'] += len(todo[key]) - len(report['videos'])
+      stats['frames_written'] += report['records']
+      bar.set_postfix(frames=stats['frames_written'], skipped=stats['videos_skipped'], refresh=False)
+
+  from data_pipelines import extract  # heavy (OpenCV, PIL, the faces package): only when there is work
+
+  try:
+    workers = os.cpu_count() if num_workers is None else num_workers
+    if workers == 0:  # in this process: simplest to debug
+      extract.init_worker(config)
+      for task in tasks:
+        collect(*extract.run_in_worker(task))
+    else:
+      _run_pool(tasks, config, workers, collect)
+  finally:
+    bar.close()
+  return stats
+
+
+def _run_pool(tasks, config, workers, collect):
+  """Spawned workers (TensorFlow/JAX state in this process must not be forked); a bounded window of
+  tasks in flight keeps memory flat; results are written in plan order per shard by `collect`."""
+  from data_pipelines import extract
+
+  context = multiprocessing.get_context('spawn')
+  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=extract.init_worker,
+                                              initargs=(config,)) as pool:
+    queue = iter(tasks)
+    in_flight = set()
+    while True:
+      while len(in_flight) < 4 * workers:
+        task = next(queue, None)
+        if task is None:
+          break
+        in_flight.add(pool.submit(extract.run_in_worker, task))
+      if not in_flight:
+        break
+      done, in_flight = concurrent.futures.wait(in_flight, return_when=concurrent.futures.FIRST_COMPLETED)
+      for future in done:
+        collect(*future.result())
+
+
+def _progress_bar(total: int, enabled: bool):
+  from tqdm import tqdm
+
+  return tqdm(total=total, unit='video', disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def format_summary(summary: dict) -> str:
+  total = summary['total']
+  lines = [f"{summary['output_dir']}: {summary['videos']} videos planned, "
+           f"{summary['videos_processed']} processed now ({summary['videos_done_before']} done before) "
+           f"in {summary['seconds']:.1f} s"]
+  for split, info in summary['splits'].items():
+    lines.append(f"  {split:5s} {info['videos']:8d} videos {info['frames']:9d} frames {info['persons']:6d} persons")
+  dropped = ', '.join(f'{k[len("frames_"):]} {v}' for k, v in total.items()
+                      if k.startswith('frames_') and k not in ('frames_written', 'frames_selected') and v)
+  lines.append(f"  videos skipped {total['videos_skipped']}, items skipped {total['items_skipped']} "
+               f"(see manifest.json); frames dropped: {dropped or 'none'}")
+  return '\n'.join(lines)
+
+
+def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+  parser = parser or argparse.ArgumentParser(prog='bilayer-jax preprocess', description=__doc__,
+                                             formatter_class=argparse.RawDescriptionHelpFormatter)
+  d = Config()
+  parser.add_argument('input_dir', help='PERSON/VIDEO/CLIP videos or frame folders, or the authors\' layout')
+  parser.add_argument('output_dir', help='output folder (created; resumed if it holds a matching plan)')
+  parser.add_argument('--size', type=int, default=d.image_size, help='stored crop size (default %(default)s)')
+  parser.add_argument('--landmarks', default=d.landmarks, choices=('dlib', 'face-alignment'))
+  parser.add_argument('--segmenter', default=d.segmenter, choices=('selfie', 'none', 'user'))
+  parser.add_argument('--masks', default=None, help='user masks: MASKS/<clip path without suffix>/<frame>.png')
+  parser.add_argument('--selfie-model', default=None, help='path of selfie_segmentation.tflite')
+  parser.add_argument('--frame-stride', type=int, default=d.frame_stride)
+  parser.add_argument('--max-frames', type=int, default=d.max_frames, help='per video (default %(default)s)')
+  parser.add_argument('--min-frames', type=int, default=d.min_frames)
+  parser.add_argument('--min-face-size', type=int, default=d.min_face_size, help='px (default %(default)s)')
+  parser.add_argument('--smooth-landmarks', type=float, default=d.smooth_landmarks, help='sigma in frames')
+  parser.add_argument('--smooth-boxes', type=float, default=d.smooth_boxes, help='sigma in frames')
+  parser.add_argument('--jpeg-quality', type=int, default=d.jpeg_quality)
+  parser.add_argument('--test-fraction', type=float, default=d.test_fraction,
+                      help='share of identities put in the test split (without train/ test/ folders)')
+  parser.add_argument('--test-identities', nargs='*', default=[], help='persons always in the test split')
+  parser.add_argument('--videos-per-shard', type=int, default=d.videos_per_shard)
+  parser.add_argument('--workers', type=int, default=None, help='processes (default: all cores; 0: in-process)')
+  parser.add_argument('--no-progress', action='store_true')
+  return parser
+
+
+def run_from_args(args) -> int:
+  config = Config(image_size=args.size, landmarks=args.landmarks, segmenter=args.segmenter, masks_dir=args.masks,
+                  selfie_model=args.selfie_model, frame_stride=args.frame_stride, max_frames=args.max_frames,
+                  min_frames=args.min_frames, min_face_size=args.min_face_size,
+                  smooth_landmarks=args.smooth_landmarks, smooth_boxes=args.smooth_boxes,
+                  jpeg_quality=args.jpeg_quality, test_fraction=args.test_fraction,
+                  test_identities=tuple(args.test_identities), videos_per_shard=args.videos_per_shard)
+  logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+  try:
+    summary = preprocess(args.input_dir, args.output_dir, config, args.workers, progress=not args.no_progress)
+  except (ValueError, FileNotFoundError, FileExistsError, ImportError, PlanMismatch) as e:
+    print(f'preprocess: {e}', file=sys.stderr)
+    return 2
+  print(format_summary(summary))
+  return 0
+
+
+def main(argv=None) -> int:
+  return run_from_args(build_parser().parse_args(argv))
+
+
+if __name__ == '__main__':
+  sys.exit(main())

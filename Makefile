@@ -16,7 +16,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
-# The quickstart: preprocess the real carphone clip, train a tiny model (<= 12 min), evaluate, export, report.
+# The quickstart: preprocess the real carphone clip, train a tiny model (<= 14 min), evaluate, export, report.
 demo: install
 	$(VENV)/bin/bilayer-jax demo --out demo_out
 

@@ -10,7 +10,7 @@ from bilayer_jax.train.defaults import training_config
 def get_config(arg: str = ''):
   config = training_config('tiny', stage='base')
   config.training.batch_size = 8
-  config.training.num_steps = 1500
+  config.training.num_steps = 3000  # the demo stops at its time limit first on 2 cores
   config.training.bn_stats_batches = 20
   config.data.source = 'records'
   config.log_every = 25

@@ -13,6 +13,7 @@ import json
 import math
 import pathlib
 import signal
+import sys
 import time
 
 import jax
@@ -138,7 +139,8 @@ def train(config, workdir, progress: bool = True) -> dict:
   last_saved = start
   history = []
   last_time, last_step = time.time(), start
-  bar = tqdm(total=num_steps, initial=start, desc='train', disable=not (progress and is_main), dynamic_ncols=True)
+  bar = tqdm(total=num_steps, initial=start, desc='train', disable=not (progress and is_main), dynamic_ncols=True,
+             mininterval=1.0 if sys.stderr.isatty() else 30.0)
   time_limit = config.training.get('time_limit_minutes', 0) * 60
   started = time.time()
   try:

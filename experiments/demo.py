@@ -9,8 +9,6 @@ from bilayer_jax.train.defaults import training_config
 
 def get_config(arg: str = ''):
   config = training_config('tiny', stage='base')
-  # The same math as 'resize'; trains faster under XLA on a CPU (perf-notes.md). Export builds its own graph.
-  config.model.upsample_mode = 'broadcast'
   config.training.batch_size = 8
   config.training.num_steps = 3000  # the demo stops at its time limit first on 2 cores
   config.training.bn_stats_batches = 20

@@ -203,6 +203,8 @@ def train(config, workdir, progress: bool = True) -> dict:
     host = dp.get_state(state)
     variables = standing_statistics(config, host.variables,
                                     data_lib.make_batches(config, 0), config.training.bn_stats_batches, progress)
+    if config.training.stage == 'base':
+      variables.pop('texture_enhancer', None)  # untrained in stage 1: load() users must not run it
     export_config = config.model.copy_and_resolve_references()
     out = workdir / 'inference' / f'step_{step:07d}'
     if not out.exists():

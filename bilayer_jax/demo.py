@@ -261,7 +261,7 @@ def write_report(out: pathlib.Path, result: dict) -> None:
         export_table_md(export), '', 'Full report: export/report.json.', '']
   (out / 'report.md').write_text('\n'.join(md))
   body = []
-  for line in md:
+  for line in '\n'.join(md).split('\n'):
     if line.startswith('!['):
       src = line.split('(')[1].rstrip(')')
       body.append(f'<p><img src="{html.escape(src)}" style="image-rendering: pixelated; max-width: 100%"></p>')
@@ -279,7 +279,6 @@ def write_report(out: pathlib.Path, result: dict) -> None:
     else:
       body.append(html.escape(line).replace('**', '') + '<br>')
   text = '\n'.join(body)
-  text = text.replace('</h2>\n<br>\n<tr>', '</h2>\n<table border="1" cellpadding="4"><tr>')
   (out / 'report.html').write_text('<!doctype html><meta charset="utf-8"><title>bilayer-jax demo</title>'
                                    '<body style="font-family: sans-serif; max-width: 1000px; margin: auto">\n'
                                    + _wrap_tables(text) + '\n</body>\n')

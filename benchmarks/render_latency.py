@@ -75,44 +75,18 @@ def worker_tflite(work: pathlib.Path, threads: int, runs: int, precision: str) -
 
 
 def worker_reference(work: pathlib.Path, threads: int, runs: int, reference: str, config_size: str) -> dict:
-  import importlib
-
   import torch
-  import torch.nn.functional as F
 
   sys.path.insert(0, str(ROOT / 'tools'))
   import reference_parity
 
+  from bilayer_jax import config as config_lib
+
   torch.set_num_threads(threads)
-  torch.manual_seed(0)
-  flags = {**reference_parity.PAPER_FLAGS, **reference_parity.FLAG_SIZES[config_size],
-           'pse_emb_source_pose': False, 'inf_pred_source_data': False, 'inf_apply_masks': False}
-  with reference_parity.reference_on_path(reference):
-    args = reference_parity.reference_args(flags)
-    keypoints_net = importlib.import_module('networks.keypoints_embedder').NetworkWrapper(args).eval()
-    inference = importlib.import_module('networks.inference_generator').NetworkWrapper(args).eval()
-    # Per avatar, once: the projector's adaptive parameters from random identity embeddings.
-    from bilayer_jax import config as config_lib
-    plan = config_lib.plans(config_lib.get_config(config_size))['identity_embedder']['decoder']
-    s = args.emb_output_tensor_size
-    with torch.no_grad():
-      embeds = [torch.randn(1, c, s, s) for c in plan]
-      weights, biases = inference.prj_inf(embeds)
-      inference.assign_adaptive_params(inference.gen_inf, weights, biases)
-  size = args.image_size
-  texture = torch.rand(1, 3, size, size) * 2 - 1
-  poses = torch.from_numpy(np.load(work / 'poses.npy')).view(1, 1, -1)
-
-  def frame():
-    with torch.inference_mode():
-      data = keypoints_net({'target_poses': poses}, [], {})
-      embedding = data['target_pose_embeds'][:, 0]
-      delta_uv, low_freq, mask_logits = inference.gen_inf(embedding)
-      uv = inference.identity_grid + delta_uv.permute(0, 2, 3, 1)
-      image = low_freq + F.grid_sample(texture, uv, align_corners=False)
-      return image, torch.sigmoid(mask_logits)
-
-  return dict(ms=_median_ms(frame, runs), torch_threads=torch.get_num_threads())
+  channels = config_lib.plans(config_lib.get_config(config_size))['identity_embedder']['decoder']
+  render = reference_parity.reference_frame_path(reference, reference_parity.size_flags(config_size), channels,
+                                                 np.load(work / 'poses.npy'))
+  return dict(ms=_median_ms(render, runs), torch_threads=torch.get_num_threads())
 
 
 def worker_matmul(work: pathlib.Path, threads: int, runs: int) -> dict:

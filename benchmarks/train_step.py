@@ -25,7 +25,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def jax_step_times(size: str, batch: int, steps: int) -> list[float]:
   import jax
-  import numpy as np
 
   from bilayer_jax import model as model_lib
   from bilayer_jax.train import data
@@ -52,69 +51,19 @@ def jax_step_times(size: str, batch: int, steps: int) -> list[float]:
 
 
 def reference_step_times(reference: str, size: str, batch: int, steps: int, threads: int) -> list[float]:
-  import numpy as np
   import torch
 
   sys.path.insert(0, str(ROOT / 'tools'))
-  import reference_parity as rp
+  import reference_parity
 
   torch.set_num_threads(threads)
-  flags = {**rp.PAPER_FLAGS, **rp.FLAG_SIZES['paper']}
-  if size == 'small':
-    for p in ('emb', 'tex', 'inf', 'dis'):
-      flags[f'{p}_num_channels'] = {'emb': 64, 'tex': 64, 'inf': 32, 'dis': 64}[p] // 4
-      flags[f'{p}_max_channels'] = {'emb': 512, 'tex': 512, 'inf': 256, 'dis': 512}[p] // 4
-    flags['pse_num_channels'] = 64
-  names = ('identity_embedder', 'texture_generator', 'keypoints_embedder', 'inference_generator', 'discriminator')
-  with rp.reference_on_path(reference):
-    import importlib
-    rn_utils = importlib.import_module('runners.utils')
-    ds_utils = importlib.import_module('datasets.utils')
-    args = rp.reference_args({**flags, 'pse_emb_source_pose': False, 'inf_pred_source_data': False})
-    nets = {n: importlib.import_module(f'networks.{n}').NetworkWrapper(args) for n in names}
-    for net in nets.values():
-      net.apply(lambda m: rn_utils.spectral_norm(m, apply_to=['conv2d', 'linear'], eps=args.eps))
-      net.train()
-    opts = {n: torch.optim.Adam(nets[n].parameters(), lr=2e-4, betas=(0.5, 0.999), eps=1e-7) for n in names}
-    rng = np.random.default_rng(0)
-    raw = rp._random_inputs(rng, batch, 1, 1, args.image_size)
-    size_px = args.image_size
-
-    def one_step():
-      d = {k: torch.from_numpy(v) for k, v in raw.items()}
-      d['source_stickmen'] = ds_utils.draw_stickmen(args, d['source_poses'].view(batch, -1)).view(batch, 1, 3, size_px, size_px)
-      d['target_stickmen'] = ds_utils.draw_stickmen(args, d['target_poses'].view(batch, -1)).view(batch, 1, 3, size_px, size_px)
-      for n in names[:-1]:
-        d = nets[n](d, list(names), nets)
-      # discriminator: the intended update (D from D_ADV on detached fakes, G from its terms)
-      dis = nets['discriminator'].net
-      real = torch.cat([d['target_imgs'], d['target_stickmen']], 2).flatten(0, 1)
-      fake = torch.cat([d['pred_target_imgs'], d['target_stickmen']], 2).flatten(0, 1)
-      r, f = dis(torch.cat([real, fake.detach()]))[0].split(batch)
-      d_adv = 0.5 * (torch.relu(1 - (r - f.mean())).mean() + torch.relu(1 + (f - r.mean())).mean())
-      for p in dis.parameters():
-        p.requires_grad_(False)
-      scores, feats = dis(torch.cat([real, fake]))
-      for p in dis.parameters():
-        p.requires_grad_(True)
-      rg = r.detach()
-      fg = scores.split(batch)[1]
-      g_adv = 0.5 * (torch.relu(1 - (fg - rg.mean())).mean() + torch.relu(1 + (rg - fg.mean())).mean())
-      fm = 10 * sum((a.split(batch)[1] - a.split(batch)[0].detach()).abs().mean() for a in feats) / len(feats)
-      l1 = 10 * (d['pred_target_delta_lf_rgbs'] - d['target_imgs']).abs().mean()
-      bce = 10 * torch.nn.functional.binary_cross_entropy_with_logits(d['pred_target_segs_logits'], d['target_segs'])
-      for o in opts.values():
-        o.zero_grad()
-      (d_adv + g_adv + fm + l1 + bce).backward()
-      for o in opts.values():
-        o.step()
-
-    one_step()
-    times = []
-    for _ in range(steps):
-      t = time.time()
-      one_step()
-      times.append(time.time() - t)
+  step = reference_parity.reference_training_step(reference, reference_parity.size_flags(size), batch)
+  step()  # warm-up
+  times = []
+  for _ in range(steps):
+    t = time.time()
+    step()
+    times.append(time.time() - t)
   return times
 
 

@@ -10,8 +10,6 @@ spectral norm from the stored vectors).
 """
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,7 +102,6 @@ class Bilayer:
   # -- per frame -------------------------------------------------------------------------------------
 
   def _render(self, frame_variables, avatar, poses):
-    b = avatar.texture.shape[0]
     out, _ = model_lib.frame_outputs(self.config, self.networks, frame_variables, avatar.texture,
                                      avatar.inference_params, poses.reshape(-1, poses.shape[-1]))
     return out

@@ -23,14 +23,15 @@ VARIABLES_FILE = 'variables.npz'
 FORMAT_VERSION = 1
 
 
-def flatten(tree: dict, prefix: str = '') -> dict[str, np.ndarray]:
+def flatten(tree: dict, prefix: str = '', leaf=np.asarray) -> dict:
+  """{'a': {'b': x}} -> {'a/b': leaf(x)}."""
   flat = {}
   for key, value in tree.items():
     path = f'{prefix}/{key}' if prefix else str(key)
     if isinstance(value, dict):
-      flat.update(flatten(value, path))
+      flat.update(flatten(value, path, leaf))
     else:
-      flat[path] = np.asarray(value)
+      flat[path] = leaf(value)
   return flat
 
 
@@ -104,8 +105,8 @@ def check_shapes(config, variables: dict) -> None:
 
   networks = tuple(n for n in model.NETWORKS if n in variables)
   unknown_networks = set(variables) - set(model.NETWORKS)
-  expected = flatten_shapes(model.variable_shapes(config, networks))
-  actual = {k: v.shape for k, v in flatten(variables).items()}
+  expected = flatten(model.variable_shapes(config, networks), leaf=lambda x: tuple(x.shape))
+  actual = flatten(variables, leaf=np.shape)
   problems = [f'unknown network {n!r}' for n in sorted(unknown_networks)]
   problems += [f'missing {k} {tuple(s)}' for k, s in sorted(expected.items()) if k not in actual]
   problems += [f'unexpected {k}' for k in sorted(actual) if k not in expected and k.split('/')[0] in networks]
@@ -115,13 +116,3 @@ def check_shapes(config, variables: dict) -> None:
     shown = '\n  '.join(problems[:20]) + ('' if len(problems) <= 20 else f'\n  ... and {len(problems) - 20} more')
     raise ValueError(f'variables do not match the model config (size {config.get("size")!r}):\n  {shown}')
 
-
-def flatten_shapes(tree: dict, prefix: str = '') -> dict[str, tuple]:
-  flat = {}
-  for key, value in tree.items():
-    path = f'{prefix}/{key}' if prefix else str(key)
-    if isinstance(value, dict):
-      flat.update(flatten_shapes(value, path))
-    else:
-      flat[path] = tuple(value.shape)
-  return flat

@@ -14,7 +14,6 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from bilayer_jax import model as model_lib
 from bilayer_jax.avatar.identity_embedder import embedder_inputs

@@ -97,7 +97,7 @@ def loss_curves(history, path) -> None:
 
 
 def run(out_dir='demo_out', minutes: float = 14.0, steps: int | None = None, progress: bool = True) -> dict:
-  from bilayer_jax import animate, evaluate, metrics
+  from bilayer_jax import animate, metrics
   from bilayer_jax.faces import crop as crop_lib
   from bilayer_jax.faces import landmarks
 

@@ -25,7 +25,6 @@ from bilayer_jax.avatar.projectors import Projector, generator_adaptive_params
 from bilayer_jax.avatar.texture_enhancer import EnhancerNetwork, enhance_texture
 from bilayer_jax.avatar.texture_generator import TextureGenerator
 from bilayer_jax.discriminator import Discriminator
-from bilayer_jax.faces.stickman import draw_stickmen
 from bilayer_jax.frame.inference_generator import InferenceGenerator
 from bilayer_jax.frame.keypoints_embedder import KeypointsEmbedder
 from bilayer_jax.nn.layers import EVAL, Mode, kernel_to_matrix

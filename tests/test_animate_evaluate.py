@@ -5,7 +5,6 @@ import pathlib
 import numpy as np
 import pytest
 
-import bilayer_jax
 from bilayer_jax import animate, checkpoint, cli, evaluate, tables
 from bilayer_jax.faces import crop as crop_lib
 from bilayer_jax.faces import landmarks
@@ -77,7 +76,7 @@ def test_self_and_cross_reenactment_protocols(tiny_model, clip, backend, tmp_pat
   assert cross['videos'] == 2 and 'pose error' in cross['mean']['model']
   evaluate.write(result, tmp_path / 'eval.json', tmp_path / 'eval.md', checkpoint='tiny-random', data='carphone')
   assert 'copy source' in (tmp_path / 'eval.md').read_text()
-  files = tables.write_tables(tmp_path / 'tables', evaluation=tmp_path / 'eval.json', checkpoint_size='tiny',
+  tables.write_tables(tmp_path / 'tables', evaluation=tmp_path / 'eval.json', checkpoint_size='tiny',
                               source='tiny random model on carphone')
   text = (tmp_path / 'tables' / 'quality.md').read_text()
   assert '0.358' in text and 'tiny random model on carphone' in text

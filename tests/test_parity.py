@@ -7,7 +7,6 @@ With BILAYER_REFERENCE=/path/to/bilayer-model, fresh runs are made from the refe
 and seeds (and, with -m slow, at the paper size).
 """
 import os
-import pathlib
 
 import numpy as np
 import pytest

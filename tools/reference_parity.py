@@ -300,3 +300,107 @@ def compare(run_dir, golden: dict) -> dict[str, float]:
   diff('api/multi_frame_image', out['image'], g['multi/pred_target_imgs'][0])
   diff('api/multi_frame_low_freq', out['low_freq'], g['multi/pred_target_delta_lf_rgbs'][0])
   return diffs
+
+
+# ------------------------------------------------------------------------------------------------------
+# Timed paths for the benchmarks (benchmarks/render_latency.py, benchmarks/train_step.py). Everything that
+# touches the reference's internals stays in this file.
+
+
+def reference_frame_path(reference_dir, flags: dict, embedding_channels, poses, seed: int = 0):
+  """The reference's per-frame path (keypoints MLP, inference generator, grid sample) for one random avatar.
+
+  Returns a function of no arguments that renders `poses` (1, 136) and returns (image, mask).
+  """
+  import importlib
+
+  import torch
+  import torch.nn.functional as F
+
+  torch.manual_seed(seed)
+  flags = {**flags, 'pse_emb_source_pose': False, 'inf_pred_source_data': False, 'inf_apply_masks': False}
+  with reference_on_path(reference_dir):
+    args = reference_args(flags)
+    pose_net = importlib.import_module('networks.keypoints_embedder').NetworkWrapper(args).eval()
+    frame_net = importlib.import_module('networks.inference_generator').NetworkWrapper(args).eval()
+    s = args.emb_output_tensor_size
+    with torch.no_grad():  # once per avatar: adaptive parameters from random identity embeddings
+      weights, biases = frame_net.prj_inf([torch.randn(1, c, s, s) for c in embedding_channels])
+      frame_net.assign_adaptive_params(frame_net.gen_inf, weights, biases)
+  texture = torch.rand(1, 3, args.image_size, args.image_size) * 2 - 1
+  poses = torch.as_tensor(poses, dtype=torch.float32).view(1, 1, -1)
+
+  def render():
+    with torch.inference_mode():
+      embedding = pose_net({'target_poses': poses}, [], {})['target_pose_embeds'][:, 0]
+      delta_uv, low_freq, mask_logits = frame_net.gen_inf(embedding)
+      uv = frame_net.identity_grid + delta_uv.permute(0, 2, 3, 1)
+      return low_freq + F.grid_sample(texture, uv, align_corners=False), torch.sigmoid(mask_logits)
+
+  return render
+
+
+def reference_training_step(reference_dir, flags: dict, batch: int, seed: int = 0):
+  """One stage-1 training step of the reference networks without perceptual losses, with the update the
+  authors intended (D learns from D_ADV on detached fakes, G from its terms with D held fixed). Returns a
+  function of no arguments that runs one step on a fixed random batch."""
+  import importlib
+
+  import torch
+
+  names = ('identity_embedder', 'texture_generator', 'keypoints_embedder', 'inference_generator', 'discriminator')
+  torch.manual_seed(seed)
+  with reference_on_path(reference_dir):
+    rn_utils = importlib.import_module('runners.utils')
+    ds_utils = importlib.import_module('datasets.utils')
+    args = reference_args({**flags, 'pse_emb_source_pose': False, 'inf_pred_source_data': False})
+    nets = {n: importlib.import_module(f'networks.{n}').NetworkWrapper(args) for n in names}
+    for net in nets.values():
+      net.apply(lambda m: rn_utils.spectral_norm(m, apply_to=['conv2d', 'linear'], eps=args.eps))
+      net.train()
+    draw = lambda poses, k: ds_utils.draw_stickmen(args, poses.view(batch * k, -1)).view(
+        batch, k, 3, args.image_size, args.image_size)
+  optimizers = {n: torch.optim.Adam(nets[n].parameters(), lr=2e-4, betas=(0.5, 0.999), eps=1e-7) for n in names}
+  raw = _random_inputs(np.random.default_rng(seed), batch, 1, 1, args.image_size)
+  critic = nets['discriminator'].net
+
+  def step():
+    d = {k: torch.from_numpy(v) for k, v in raw.items()}
+    d['source_stickmen'] = draw(d['source_poses'], 1)
+    d['target_stickmen'] = draw(d['target_poses'], 1)
+    for n in names[:-1]:
+      d = nets[n](d, list(names), nets)
+    real = torch.cat([d['target_imgs'], d['target_stickmen']], 2).flatten(0, 1)
+    fake = torch.cat([d['pred_target_imgs'], d['target_stickmen']], 2).flatten(0, 1)
+    r, f = critic(torch.cat([real, fake.detach()]))[0].split(batch)
+    d_adv = 0.5 * (torch.relu(1 - (r - f.mean())).mean() + torch.relu(1 + (f - r.mean())).mean())
+    for p in critic.parameters():
+      p.requires_grad_(False)
+    scores, feats = critic(torch.cat([real, fake]))
+    for p in critic.parameters():
+      p.requires_grad_(True)
+    rg, fg = r.detach(), scores.split(batch)[1]
+    g_adv = 0.5 * (torch.relu(1 - (fg - rg.mean())).mean() + torch.relu(1 + (rg - fg.mean())).mean())
+    fm = 10 * sum((a.split(batch)[1] - a.split(batch)[0].detach()).abs().mean() for a in feats) / len(feats)
+    l1 = 10 * (d['pred_target_delta_lf_rgbs'] - d['target_imgs']).abs().mean()
+    bce = 10 * torch.nn.functional.binary_cross_entropy_with_logits(d['pred_target_segs_logits'], d['target_segs'])
+    for o in optimizers.values():
+      o.zero_grad()
+    (d_adv + g_adv + fm + l1 + bce).backward()
+    for o in optimizers.values():
+      o.step()
+
+  return step
+
+
+def size_flags(size: str) -> dict:
+  """Reference flags of our named sizes ('small': the paper's layout with a quarter of the channels)."""
+  if size in FLAG_SIZES:
+    return {**PAPER_FLAGS, **FLAG_SIZES[size]}
+  if size == 'small':
+    flags = {**PAPER_FLAGS, **FLAG_SIZES['paper']}
+    for prefix, base, cap in (('emb', 64, 512), ('tex', 64, 512), ('inf', 32, 256), ('dis', 64, 512), ('enh', 64, 128)):
+      flags[f'{prefix}_num_channels'], flags[f'{prefix}_max_channels'] = base // 4, cap // 4
+    flags['pse_num_channels'] = 64
+    return flags
+  raise ValueError(f'no reference flags for size {size!r}')

@@ -120,7 +120,7 @@ def _resblock_prefix(prefix, sub, norm: bool, up: bool, efficient: bool):
   """Our ResBlock submodule (norm1, conv1, norm2, conv2, skip) -> the reference's Sequential index."""
   conv1 = (1 if norm else 0) + 1 + (1 if up and not efficient else 0)
   index = {
-      'norm1': f'block_feats.0',
+      'norm1': 'block_feats.0',
       'conv1': f'block_feats.{conv1}',
       'norm2': f'block_feats.{conv1 + 1}',
       'conv2': f'block.{1 if up and efficient else 0}',

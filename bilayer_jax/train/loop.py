@@ -27,7 +27,7 @@ from bilayer_jax.train import data as data_lib
 from bilayer_jax.train import parallel
 from bilayer_jax.train.bn_stats import standing_statistics
 from bilayer_jax.train.checkpoints import Checkpointer
-from bilayer_jax.train.step import TrainState, base_forward, init_state, make_train_step
+from bilayer_jax.train.step import base_forward, init_state, make_train_step
 from bilayer_jax.nn.layers import EVAL
 
 
@@ -68,20 +68,29 @@ def _perceptual(config):
   return perceptual.make_perceptual_loss(config.training.perceptual)
 
 
-def image_grid(config, variables, batch, max_rows: int = 4) -> np.ndarray:
-  """Rows: source | target | low-frequency | warped texture | output | mask | stickman, in [0, 1]."""
+def make_image_grid(config, max_rows: int = 4):
+  """A function (variables, batch) -> grid in [0, 1] whose rows are source | target | low-frequency |
+  warped texture | output | mask | stickman; the forward pass is compiled once."""
   model = _model_config(config, '')
   nets = model_lib.build_networks(model)
   single = config.copy_and_resolve_references()
   single.model = model
-  small = {k: v[:max_rows] for k, v in batch.items() if isinstance(v, np.ndarray)}
-  out, _ = base_forward(single, nets, variables, small, EVAL, jnp.float32)
-  frame = out['frame']
-  mask = frame.get('mask', jnp.ones_like(frame['image'][..., :1]))
-  columns = [out['source']['image'], out['target']['image'], frame['low_freq'], frame['high_freq'],
-             frame['image'], jnp.repeat(mask * 2 - 1, 3, -1), out['target']['stickman']]
-  rows = [np.concatenate([np.asarray(c[i]) for c in columns], axis=1) for i in range(columns[0].shape[0])]
-  return np.clip((np.concatenate(rows, axis=0) + 1) / 2, 0, 1)
+
+  @jax.jit
+  def columns(variables, batch):
+    out, _ = base_forward(single, nets, variables, batch, EVAL, jnp.float32)
+    frame = out['frame']
+    mask = frame.get('mask', jnp.ones_like(frame['image'][..., :1]))
+    return [out['source']['image'], out['target']['image'], frame['low_freq'], frame['high_freq'],
+            frame['image'], jnp.repeat(mask * 2 - 1, 3, -1), out['target']['stickman']]
+
+  def grid(variables, batch) -> np.ndarray:
+    small = {k: v[:max_rows] for k, v in batch.items() if k.split('_')[0] in ('source', 'target')}
+    cols = [np.asarray(c) for c in columns(variables, small)]
+    rows = [np.concatenate([c[i] for c in cols], axis=1) for i in range(cols[0].shape[0])]
+    return np.clip((np.concatenate(rows, axis=0) + 1) / 2, 0, 1)
+
+  return grid
 
 
 def save_png(path, image01: np.ndarray) -> None:
@@ -127,6 +136,7 @@ def train(config, workdir, progress: bool = True) -> dict:
   batches = data_lib.make_batches(config, position)
 
   writer = None
+  image_grid = make_image_grid(config) if is_main and config.image_every else None
   if is_main:
     from bilayer_jax.train.summaries import SummaryWriter
     writer = SummaryWriter(str(workdir / 'tensorboard'))
@@ -174,7 +184,7 @@ def train(config, workdir, progress: bool = True) -> dict:
           writer.scalar('perf/samples_per_s', config.training.batch_size / max(seconds, 1e-9), step)
           writer.flush()
       if is_main and config.image_every and (step % config.image_every == 0 or step == num_steps):
-        grid = image_grid(config, dp.get_state(state).variables, local)
+        grid = image_grid(dp.get_state(state).variables, local)
         writer.image('samples', grid[None], step)
         writer.flush()
         save_png(workdir / 'images' / f'step_{step:07d}.png', grid)

@@ -24,6 +24,7 @@ from bilayer_jax.avatar.identity_embedder import embedder_inputs
 from bilayer_jax.avatar.texture_enhancer import enhance_texture
 from bilayer_jax.losses import gan, reconstruction
 from bilayer_jax.nn.layers import EVAL, TRAIN, Mode
+from bilayer_jax.nn.warp import sample_texture
 
 # Optimizer groups (one Adam each, as the authors) and the variables each group owns.
 STAGE_GROUPS = {
@@ -149,7 +150,6 @@ def make_train_step(config, nets, perceptual_fn: Callable | None, axis_name: str
                                 config.model.enh_unrolling_depth, config.model.enh_guiding_rgb_loss_type,
                                 config.model.align_corners)
       variables['texture_enhancer'] = updated.get('v', enhancer_vars)
-      from bilayer_jax.nn.warp import sample_texture
       high = sample_texture(texture, frame['uv'], config.model.align_corners)
       fake_image = frame['low_freq'] + high
       lf, lf_detached_image = frame['low_freq'], fake_image

@@ -5,9 +5,18 @@
 Both sides run stage 1 without the perceptual losses (adversarial, feature matching, L1, mask BCE), batch 2
 identities by default, on the CPU: forward of every network, the discriminator twice, one backward, one
 Adam step per network. The reference side gives the discriminator its gradient (the update the authors
-intended, spec 10 B1; as published D gets none, which makes its backward cheaper). JAX runs in a
-subprocess pinned with `taskset` for one thread (XLA's thread flags do not limit it, perf-notes.md).
-Prints a Markdown table of step time and samples/s.
+intended, spec 10 B1; as published D gets none, which makes its backward cheaper).
+
+For each thread count one worker process, pinned with `taskset` to that many cores (XLA's thread flags do
+not limit it, perf-notes.md), builds both steps and then alternates them, one JAX step, one PyTorch step,
+so that both see the same machine: on a shared 2-core VM the speed drifts by 10-30% within minutes, which
+separate runs would mistake for a difference between the implementations. The JAX side is the step
+`bilayer-jax train` compiles for one device (train/loop.py). Prints a Markdown table of median step time
+and samples/s.
+
+Both sides of a worker share its memory allocator; `--allocators system tcmalloc` (the default when tcmalloc
+is installed) measures each. The system malloc makes XLA page-fault its whole working set every step
+(bilayer_jax/runtime.py); `bilayer-jax` runs on tcmalloc when it is installed.
 """
 from __future__ import annotations
 
@@ -23,47 +32,60 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def jax_step_times(size: str, batch: int, steps: int) -> list[float]:
+def jax_step(size: str, batch: int):
+  """(compile seconds, a function of no arguments running one step)."""
   import jax
 
-  from bilayer_jax import model as model_lib
-  from bilayer_jax.train import data
+  from bilayer_jax.train import data, loop
   from bilayer_jax.train.defaults import training_config
-  from bilayer_jax.train.step import init_state, make_train_step
 
   config = training_config(size)
   config.training.perceptual = []
-  variables = model_lib.init_variables(config.model, 0)
-  state = init_state(config, variables)
-  step = jax.jit(make_train_step(config, model_lib.build_networks(config.model), None, None), donate_argnums=0)
-  batch_data = next(data.synthetic_batches(0, batch, config.model.image_size, 0, 0, 1))
-  t = time.time()
-  state, metrics = step(state, batch_data)
-  jax.block_until_ready(metrics)
-  print(f'  JAX compile + first step: {time.time() - t:.1f} s', file=sys.stderr, flush=True)
-  times = []
-  for _ in range(steps):
-    t = time.time()
-    state, metrics = step(state, batch_data)
+  config.training.batch_size = batch
+  trainer = loop.build_step(config)
+  state = trainer.put_state(loop.initial_state(config))
+  batch_data = trainer.put_batch(next(data.synthetic_batches(0, batch, config.model.image_size, 0, 0, 1)))
+  holder = {'state': state}
+
+  def run():
+    holder['state'], metrics = trainer.step(holder['state'], batch_data)
     jax.block_until_ready(metrics)
-    times.append(time.time() - t)
-  return times
+
+  t = time.time()
+  run()
+  return time.time() - t, run
 
 
-def reference_step_times(reference: str, size: str, batch: int, steps: int, threads: int) -> list[float]:
+def reference_step(reference: str, size: str, batch: int, threads: int):
   import torch
 
   sys.path.insert(0, str(ROOT / 'tools'))
   import reference_parity
 
   torch.set_num_threads(threads)
-  step = reference_parity.reference_training_step(reference, reference_parity.size_flags(size), batch)
-  step()  # warm-up
-  times = []
-  for _ in range(steps):
-    t = time.time()
-    step()
-    times.append(time.time() - t)
+  run = reference_parity.reference_training_step(reference, reference_parity.size_flags(size), batch)
+  t = time.time()
+  run()
+  return time.time() - t, run
+
+
+def worker(a) -> dict:
+  sides = {}
+  compile_s, sides['bilayer-jax'] = jax_step(a.config, a.batch)
+  print(f'  [{a.worker_threads} thread(s)] JAX compile + first step {compile_s:.1f} s', file=sys.stderr, flush=True)
+  if a.reference:
+    first_s, sides['reference'] = reference_step(a.reference, a.config, a.batch, a.worker_threads)
+    print(f'  [{a.worker_threads} thread(s)] reference first step {first_s:.1f} s', file=sys.stderr, flush=True)
+  times = {name: [] for name in sides}
+  for name, run in sides.items():  # one more warm-up each
+    run()
+  for i in range(a.steps):
+    for name, run in sides.items():
+      t = time.time()
+      run()
+      times[name].append(time.time() - t)
+    print(f'  [{a.worker_threads} thread(s)] round {i + 1}/{a.steps}: ' +
+          ', '.join(f'{n} {v[-1]:.3f} s' for n, v in times.items()), file=sys.stderr, flush=True)
   return times
 
 
@@ -71,32 +93,50 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--config', default='small', choices=['paper', 'small', 'tiny'])
   p.add_argument('--batch', type=int, default=2)
-  p.add_argument('--steps', type=int, default=5)
+  p.add_argument('--steps', type=int, default=7, help='timed rounds (one step of each side per round)')
   p.add_argument('--threads', type=int, nargs='*', default=[1, 2])
   p.add_argument('--reference', default=os.environ.get('BILAYER_REFERENCE'), help='bilayer-model checkout')
-  p.add_argument('--jax-worker', action='store_true', help=argparse.SUPPRESS)
+  p.add_argument('--allocators', nargs='*', choices=['system', 'tcmalloc'],
+                 help='memory allocators to measure (default: both when tcmalloc is installed)')
+  p.add_argument('--worker-threads', type=int, help=argparse.SUPPRESS)
   a = p.parse_args(argv)
-  if a.jax_worker:
-    print(json.dumps(jax_step_times(a.config, a.batch, a.steps)))
+  if a.worker_threads:
+    print(json.dumps(worker(a)))
     return
+  sys.path.insert(0, str(ROOT))
+  from bilayer_jax import runtime
+
+  allocators = a.allocators or (['system', 'tcmalloc'] if runtime.tcmalloc_library() else ['system'])
   rows = []
-  for threads in a.threads:
-    cpus = ','.join(str(i) for i in range(threads))
-    cmd = ['taskset', '-c', cpus, sys.executable, __file__, '--jax-worker', '--config', a.config,
-           '--batch', str(a.batch), '--steps', str(a.steps)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-    jax_times = json.loads(out.stdout.strip().splitlines()[-1])
-    rows.append(('bilayer-jax (XLA, jit)', threads, statistics.median(jax_times)))
-    if a.reference:
-      ref = reference_step_times(a.reference, a.config, a.batch, a.steps, threads)
-      rows.append(('reference PyTorch (eager)', threads, statistics.median(ref)))
+  for allocator in allocators:
+    base_env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    if allocator == 'tcmalloc':
+      env = runtime.preload_env(base_env)
+      if env is None:
+        raise SystemExit('--allocators tcmalloc: tcmalloc is not installed (Debian/Ubuntu: libtcmalloc-minimal4)')
+    else:
+      env = dict(base_env, **{runtime.ENV: 'system'})
+      env['LD_PRELOAD'] = ':'.join(x for x in env.get('LD_PRELOAD', '').split(':') if x and 'tcmalloc' not in x)
+    for threads in a.threads:
+      if threads > os.cpu_count():
+        raise SystemExit(f'--threads {threads}: this machine has {os.cpu_count()} cores')
+      cpus = ','.join(str(i) for i in range(threads))
+      cmd = ['taskset', '-c', cpus, sys.executable, __file__, '--worker-threads', str(threads), '--config', a.config,
+             '--batch', str(a.batch), '--steps', str(a.steps)] + (['--reference', a.reference] if a.reference else [])
+      print(f'{allocator} malloc, {threads} thread(s):', file=sys.stderr, flush=True)
+      out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, check=True)
+      times = json.loads(out.stdout.strip().splitlines()[-1])
+      for name, values in times.items():
+        label = 'bilayer-jax (XLA, jit)' if name == 'bilayer-jax' else 'reference PyTorch (eager)'
+        rows.append((label, allocator, threads, statistics.median(values), min(values)))
   load = os.getloadavg()
-  print(f'\ntraining step, size {a.config}, batch {a.batch}, no perceptual losses; load {load[0]:.2f}\n')
-  print('| implementation | threads | step time (median) | samples/s |')
-  print('|---|--:|--:|--:|')
-  for name, threads, t in rows:
-    print(f'| {name} | {threads} | {t:.3f} s | {a.batch / t:.2f} |')
+  flags = os.environ.get('XLA_FLAGS', '')
+  print(f'\ntraining step, size {a.config}, batch {a.batch}, no perceptual losses, {a.steps} alternating rounds; '
+        f'load {load[0]:.2f}{"; XLA_FLAGS=" + flags if flags else ""}\n')
+  print('| implementation | malloc | threads | step time (median) | fastest | samples/s (median) |')
+  print('|---|---|--:|--:|--:|--:|')
+  for name, allocator, threads, median, fastest in rows:
+    print(f'| {name} | {allocator} | {threads} | {median:.3f} s | {fastest:.3f} s | {a.batch / median:.2f} |')
 
 
 if __name__ == '__main__':

@@ -304,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+  if argv is None:  # started as a command, not called from Python
+    from bilayer_jax import runtime
+    runtime.reexec_with_tcmalloc()
   args, rest = build_parser().parse_known_args(argv)
   if getattr(args, 'takes_overrides', False):
     return args.func(args, rest)

@@ -88,6 +88,7 @@ def paper() -> ml_collections.ConfigDict:
                     'discriminator, texture_enhancer')
   c.align_corners = False            # texture sampling semantics (spec Q9)
   c.upsample_mode = 'resize'         # 'resize' (exports to RESIZE_NEAREST_NEIGHBOR) or 'broadcast'
+  c.downsample_mode = 'reduce_window'  # 'reduce_window' (exports to AVERAGE_POOL_2D) or 'reshape'
   c.skip_before_upsample = True      # exact rewrite of the generators' adaptive skips (3.94 G per frame)
   c.bn_momentum = 1.0                # PyTorch convention: 1.0 = running stats are the last batch's
   c.axis_name = ''                   # device axis for synchronized BatchNorm ('' = none)

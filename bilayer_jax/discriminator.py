@@ -21,13 +21,15 @@ class Discriminator(nn.Module):
   eps: float = 1e-7
   bn_momentum: float = 1.0
   axis_name: str | None = None
+  downsample_mode: str = 'reduce_window'
 
   @nn.compact
   def __call__(self, inputs: jax.Array, mode: Mode = None):
     """inputs: (N, H, W, 6). Returns scores (N, s, s, 1) and a list of block features."""
     mode = mode or EVAL
     common = dict(norm=self.norm, spectral_norm=self.spectral_norm, eps=self.eps,
-                  bn_momentum=self.bn_momentum, axis_name=self.axis_name)
+                  bn_momentum=self.bn_momentum, axis_name=self.axis_name,
+                  downsample_mode=self.downsample_mode)
     h = Conv(self.first_features, 3, self.spectral_norm, self.eps, name='conv_in')(inputs, mode)
     features = []
     for i, width in enumerate(self.block_features):

@@ -44,11 +44,12 @@ def build_networks(config) -> dict[str, nn.Module]:
   common = lambda name: dict(spectral_norm=name in sn, eps=config.eps)
   bn = dict(bn_momentum=config.bn_momentum, axis_name=config.axis_name or None)
   gen = dict(upsample_mode=config.upsample_mode, skip_before_upsample=config.skip_before_upsample)
+  down = dict(downsample_mode=config.downsample_mode)
   pe = p['keypoints_embedder']
   return dict(
       identity_embedder=IdentityEmbedder(
           p['identity_embedder']['first'], tuple(p['identity_embedder']['encoder']),
-          tuple(p['identity_embedder']['decoder']), norm=config.emb_norm_layer_type, **common('identity_embedder'), **bn),
+          tuple(p['identity_embedder']['decoder']), norm=config.emb_norm_layer_type, **down, **common('identity_embedder'), **bn),
       texture_projector=Projector(tuple(p['texture_projector']), **common('texture_projector')),
       texture_generator=TextureGenerator(
           p['texture_generator']['input_size'], p['texture_generator']['input_features'],
@@ -62,10 +63,10 @@ def build_networks(config) -> dict[str, nn.Module]:
           harmonics=config.pse_num_harmonics if config.pse_use_harmonic_enc else 0, **common('keypoints_embedder')),
       texture_enhancer=EnhancerNetwork(
           p['texture_enhancer']['first'], tuple(p['texture_enhancer']['down']), p['texture_enhancer']['middle'],
-          tuple(p['texture_enhancer']['up']), upsample_mode=config.upsample_mode, **common('texture_enhancer')),
+          tuple(p['texture_enhancer']['up']), upsample_mode=config.upsample_mode, **down, **common('texture_enhancer')),
       discriminator=Discriminator(
           p['discriminator']['first'], tuple(p['discriminator']['blocks']), p['discriminator']['num_down'],
-          norm=config.dis_norm_layer_type, **common('discriminator'), **bn),
+          norm=config.dis_norm_layer_type, **down, **common('discriminator'), **bn),
   )
 
 

@@ -24,13 +24,15 @@ class IdentityEmbedder(nn.Module):
   eps: float = 1e-7
   bn_momentum: float = 1.0
   axis_name: str | None = None
+  downsample_mode: str = 'reduce_window'
 
   @nn.compact
   def __call__(self, inputs: jax.Array, mode: Mode = None) -> list[jax.Array]:
     """inputs: (B, H, W, 6) masked source image and stickman. Returns [E_0 .. E_{K-1}], (B, s, s, c_k)."""
     mode = mode or EVAL
     common = dict(norm=self.norm, spectral_norm=self.spectral_norm, eps=self.eps,
-                  bn_momentum=self.bn_momentum, axis_name=self.axis_name)
+                  bn_momentum=self.bn_momentum, axis_name=self.axis_name,
+                  downsample_mode=self.downsample_mode)
     h = Conv(self.first_features, 3, self.spectral_norm, self.eps, name='conv_in')(inputs, mode)
     for i, features in enumerate(self.encoder_features):
       h, _ = ResBlock(features, resize='down', name=f'encoder_{i}', **common)(h, None, mode)

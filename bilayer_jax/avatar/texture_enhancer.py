@@ -23,6 +23,7 @@ class EnhancerNetwork(nn.Module):
   num_middle: int
   up_features: Sequence[int]
   upsample_mode: str = 'resize'
+  downsample_mode: str = 'reduce_window'
   spectral_norm: bool = True
   eps: float = 1e-7
 
@@ -30,7 +31,8 @@ class EnhancerNetwork(nn.Module):
   def __call__(self, inputs: jax.Array, mode: Mode = None) -> jax.Array:
     """inputs: (B, H, W, 6) = [texture, gradient]. Returns the raw (pre-tanh) update (B, H, W, 3)."""
     mode = mode or EVAL
-    common = dict(norm='none', spectral_norm=self.spectral_norm, eps=self.eps, upsample_mode=self.upsample_mode)
+    common = dict(norm='none', spectral_norm=self.spectral_norm, eps=self.eps, upsample_mode=self.upsample_mode,
+                  downsample_mode=self.downsample_mode)
     h = Conv(self.first_features, 3, self.spectral_norm, self.eps, name='conv_in')(inputs, mode)
     for i, width in enumerate(self.down_features):
       h, _ = ResBlock(width, resize='down', name=f'down_{i}', **common)(h, None, mode)

@@ -28,6 +28,7 @@ class ResBlock(nn.Module):
   efficient_upsampling: bool = False  # upsample between conv1 and conv2 instead of before conv1
   skip_before_upsample: bool = False
   upsample_mode: str = 'resize'
+  downsample_mode: str = 'reduce_window'
   spectral_norm: bool = True
   eps: float = 1e-7
   bn_momentum: float = 1.0
@@ -61,7 +62,7 @@ class ResBlock(nn.Module):
       h = upsample(h)
     h = Conv(self.out_features, 3, self.spectral_norm, self.eps, name='conv2')(h, mode)
     if down:
-      h = avg_pool_2x(h)
+      h = avg_pool_2x(h, self.downsample_mode)
 
     if in_features != self.out_features or up or down:
       if self.adaptive_skip:
@@ -77,7 +78,7 @@ class ResBlock(nn.Module):
       else:
         skip = conv(x)
       if down:
-        skip = avg_pool_2x(skip)
+        skip = avg_pool_2x(skip, self.downsample_mode)
     else:
       skip = x
     return h + skip, features

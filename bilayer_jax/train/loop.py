@@ -27,7 +27,7 @@ from bilayer_jax.train import data as data_lib
 from bilayer_jax.train import parallel
 from bilayer_jax.train.bn_stats import standing_statistics
 from bilayer_jax.train.checkpoints import Checkpointer
-from bilayer_jax.train.step import base_forward, init_state, make_train_step
+from bilayer_jax.train.step import TrainState, base_forward, init_state, make_train_step
 from bilayer_jax.nn.layers import EVAL
 
 
@@ -98,6 +98,23 @@ def save_png(path, image01: np.ndarray) -> None:
   cv2.imwrite(str(path), cv2.cvtColor((image01 * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR))
 
 
+def build_step(config) -> parallel.DataParallel:
+  """The training step of this config compiled for every device present (what `train` runs)."""
+  axis = parallel.step_axis_name(config.parallel)
+  run_config = config.copy_and_resolve_references()
+  run_config.model = _model_config(config, axis or '')
+  nets = model_lib.build_networks(run_config.model)
+  step_fn = make_train_step(run_config, nets, _perceptual(config), axis)
+  dp = parallel.DataParallel(step_fn, config.parallel if axis else 'jit')
+  dp.check_batch_size(config.training.batch_size // jax.process_count())
+  return dp
+
+
+def initial_state(config) -> TrainState:
+  """Host-side state of a fresh run."""
+  return init_state(config, initial_variables(config), config.seed)
+
+
 def train(config, workdir, progress: bool = True) -> dict:
   """Run (or resume) training; returns a summary dict."""
   parallel.maybe_initialize_distributed()
@@ -113,17 +130,10 @@ def train(config, workdir, progress: bool = True) -> dict:
   elif is_main:
     config_path.write_text(config_json + '\n')
 
-  model = _model_config(config, parallel.AXIS)
-  run_config = config.copy_and_resolve_references()
-  run_config.model = model
-  nets = model_lib.build_networks(model)
-  step_fn = make_train_step(run_config, nets, _perceptual(config), parallel.AXIS)
-  dp = parallel.DataParallel(step_fn, config.parallel)
-  dp.check_batch_size(config.training.batch_size // jax.process_count())
-
+  dp = build_step(config)
   checkpointer = Checkpointer(workdir / 'checkpoints', config.checkpoint_every, config.keep_checkpoints,
                               config.async_checkpoints)
-  template = init_state(config, initial_variables(config), config.seed)
+  template = initial_state(config)
   start = checkpointer.latest_step()
   if start is not None:
     host_state, meta = checkpointer.restore(start, template)

@@ -1,5 +1,6 @@
 """Data-parallel wrappers around the per-device step: `jax.shard_map` over a global mesh (default) or
-`jax.pmap` (the form the original design names; in maintenance mode in current JAX).
+`jax.pmap` (the form the original design names; in maintenance mode in current JAX); on a single device,
+plain `jax.jit` of a step built without the device axis (`step_axis_name` says which).
 
 Both run the same per-device function with the batch axis named AXIS; the training state is replicated, the
 batch is split along its first axis over every device of every host. Each host passes only its own slice
@@ -32,6 +33,18 @@ def maybe_initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
+def step_axis_name(kind: str) -> str | None:
+  """The axis name the per-device step and the networks must be built with for this run.
+
+  None for one device in all under 'shard_map': every collective over a one-device axis is an identity, yet
+  XLA still emits it (one all-reduce per BatchNorm statistic and gradient), and on a CPU each is a
+  synchronization point of the thunk executor. 'pmap' always maps over a named axis.
+  """
+  if kind == 'shard_map' and jax.device_count() == 1:
+    return None
+  return AXIS
+
+
 def global_mesh(devices=None) -> Mesh:
   return Mesh(np.asarray(jax.devices() if devices is None else devices), (AXIS,))
 
@@ -41,12 +54,18 @@ class DataParallel:
 
   def __init__(self, per_device_step, kind: str = 'shard_map', devices=None):
     """devices: a subset of a single host's devices (tests); default every device of every host."""
-    if kind not in ('shard_map', 'pmap'):
-      raise ValueError(f"parallel must be 'shard_map' or 'pmap', got {kind!r}")
+    if kind not in ('shard_map', 'pmap', 'jit'):
+      raise ValueError(f"parallel must be 'shard_map' or 'pmap' (or 'jit' on one device), got {kind!r}")
     self.kind = kind
     self.num_devices = jax.device_count() if devices is None else len(devices)
     self.num_local_devices = jax.local_device_count() if devices is None else len(devices)
-    if kind == 'shard_map':
+    if kind == 'jit':
+      if self.num_devices != 1:
+        raise ValueError(f"parallel 'jit' runs on one device; {self.num_devices} are present")
+      device = jax.devices()[0] if devices is None else devices[0]
+      self._step = jax.jit(per_device_step, donate_argnums=0)
+      self._replicated = self._batch_sharding = jax.sharding.SingleDeviceSharding(device)
+    elif kind == 'shard_map':
       self.mesh = global_mesh(devices)
       sharded = jax.shard_map(per_device_step, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()),
                               check_vma=False)
@@ -63,7 +82,7 @@ class DataParallel:
 
   def put_state(self, state):
     """Host state -> replicated device state."""
-    if self.kind == 'shard_map':
+    if self.kind in ('shard_map', 'jit'):
       # From host copies: the step donates its input, which must not delete the caller's arrays.
       return jax.device_put(jax.tree_util.tree_map(np.asarray, state), self._replicated)
     n = self.num_local_devices
@@ -71,7 +90,7 @@ class DataParallel:
 
   def get_state(self, state):
     """Device state -> one host copy (numpy-backed arrays)."""
-    if self.kind == 'shard_map':
+    if self.kind in ('shard_map', 'jit'):
       return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), state)
     return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x[0])), state)
 
@@ -80,6 +99,8 @@ class DataParallel:
     local_batch = {k: v for k, v in local_batch.items() if isinstance(v, np.ndarray) and v.dtype != object}
     first = next(iter(local_batch.values()))
     self.check_batch_size(first.shape[0])
+    if self.kind == 'jit':
+      return {k: jax.device_put(v, self._batch_sharding) for k, v in local_batch.items()}
     if self.kind == 'shard_map':
       return {k: jax.make_array_from_process_local_data(self._batch_sharding, v) for k, v in local_batch.items()}
     n = self.num_local_devices

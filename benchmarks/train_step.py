@@ -101,6 +101,8 @@ def main(argv=None):
   p.add_argument('--worker-threads', type=int, help=argparse.SUPPRESS)
   a = p.parse_args(argv)
   if a.worker_threads:
+    from bilayer_jax import runtime
+    runtime.configure_xla_cpu()  # as `bilayer-jax train` does
     print(json.dumps(worker(a)))
     return
   sys.path.insert(0, str(ROOT))

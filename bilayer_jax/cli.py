@@ -304,9 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+  from bilayer_jax import runtime
   if argv is None:  # started as a command, not called from Python
-    from bilayer_jax import runtime
     runtime.reexec_with_tcmalloc()
+  runtime.configure_xla_cpu()  # no effect once JAX's backend exists (in-process callers)
   args, rest = build_parser().parse_known_args(argv)
   if getattr(args, 'takes_overrides', False):
     return args.func(args, rest)

@@ -14,9 +14,10 @@ separate runs would mistake for a difference between the implementations. The JA
 `bilayer-jax train` compiles for one device (train/loop.py). Prints a Markdown table of median step time
 and samples/s.
 
-Both sides of a worker share its memory allocator; `--allocators system tcmalloc` (the default when tcmalloc
-is installed) measures each. The system malloc makes XLA page-fault its whole working set every step
-(bilayer_jax/runtime.py); `bilayer-jax` runs on tcmalloc when it is installed.
+Both sides of a worker share its memory allocator; `--allocators` picks which to measure (default: every
+one available). `system` is glibc's malloc as it comes, which makes XLA page-fault its whole working set
+every step; `glibc-kept` is glibc told to keep what it frees, what `bilayer-jax` runs on without tcmalloc;
+`tcmalloc` is what it runs on when tcmalloc is installed (bilayer_jax/runtime.py).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+ALLOCATORS = ('system', 'glibc-kept', 'tcmalloc')
 
 
 def jax_step(size: str, batch: int):
@@ -96,19 +98,22 @@ def main(argv=None):
   p.add_argument('--steps', type=int, default=7, help='timed rounds (one step of each side per round)')
   p.add_argument('--threads', type=int, nargs='*', default=[1, 2])
   p.add_argument('--reference', default=os.environ.get('BILAYER_REFERENCE'), help='bilayer-model checkout')
-  p.add_argument('--allocators', nargs='*', choices=['system', 'tcmalloc'],
-                 help='memory allocators to measure (default: both when tcmalloc is installed)')
+  p.add_argument('--allocators', nargs='*', choices=ALLOCATORS,
+                 help='memory allocators to measure (default: all available)')
   p.add_argument('--worker-threads', type=int, help=argparse.SUPPRESS)
   a = p.parse_args(argv)
   if a.worker_threads:
     from bilayer_jax import runtime
+    in_use = runtime.setup_allocator()  # before JAX and PyTorch start threads, as `bilayer-jax` does
+    if in_use != os.environ[runtime.ENV]:
+      raise SystemExit(f'asked for the {os.environ[runtime.ENV]} allocator, running on {in_use}')
     runtime.configure_xla_cpu()  # as `bilayer-jax train` does
     print(json.dumps(worker(a)))
     return
   sys.path.insert(0, str(ROOT))
   from bilayer_jax import runtime
 
-  allocators = a.allocators or (['system', 'tcmalloc'] if runtime.tcmalloc_library() else ['system'])
+  allocators = a.allocators or [x for x in ALLOCATORS if x != 'tcmalloc' or runtime.tcmalloc_library()]
   rows = []
   for allocator in allocators:
     base_env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
@@ -117,7 +122,7 @@ def main(argv=None):
       if env is None:
         raise SystemExit('--allocators tcmalloc: tcmalloc is not installed (Debian/Ubuntu: libtcmalloc-minimal4)')
     else:
-      env = dict(base_env, **{runtime.ENV: 'system'})
+      env = dict(base_env, **{runtime.ENV: allocator})
       env['LD_PRELOAD'] = ':'.join(x for x in env.get('LD_PRELOAD', '').split(':') if x and 'tcmalloc' not in x)
     for threads in a.threads:
       if threads > os.cpu_count():

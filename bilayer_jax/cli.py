@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
   from bilayer_jax import runtime
   if argv is None:  # started as a command, not called from Python
-    runtime.reexec_with_tcmalloc()
+    runtime.setup_allocator()
   runtime.configure_xla_cpu()  # no effect once JAX's backend exists (in-process callers)
   args, rest = build_parser().parse_known_args(argv)
   if getattr(args, 'takes_overrides', False):

@@ -58,3 +58,44 @@ def test_the_command_runs_on_tcmalloc_when_installed_and_keeps_its_exit_code(tmp
   env[runtime.ENV] = 'system'
   out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env)
   assert out.stdout.strip() == 'system'
+
+
+_FAULT_PROBE = '''
+import ctypes, resource, sys, threading
+from bilayer_jax import runtime
+print(runtime.setup_allocator())
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+
+def touch():  # on a new thread, as XLA's runs: 256 MB allocated, written, freed
+  block = libc.malloc(1 << 28)
+  ctypes.memset(block, 1, 1 << 28)
+  libc.free(block)
+
+touch()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+thread = threading.Thread(target=touch)
+thread.start()
+thread.join()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc settings are Linux-only')
+def test_glibc_keeps_freed_memory_instead_of_faulting_it_in_again(tmp_path):
+  script = tmp_path / 'faults.py'
+  script.write_text(_FAULT_PROBE)
+  root = str(pathlib.Path(__file__).resolve().parents[1])
+  env = {k: v for k, v in os.environ.items() if k != 'LD_PRELOAD'}
+  env['PYTHONPATH'] = root + os.pathsep + env.get('PYTHONPATH', '')
+  faults = {}
+  for setting in ('system', runtime.GLIBC_KEPT):
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=dict(env, **{runtime.ENV: setting}))
+    assert out.returncode == 0, out.stderr
+    in_use, count = out.stdout.split()
+    faults[in_use] = int(count)
+  if runtime.GLIBC_KEPT not in faults:
+    pytest.skip('not glibc')
+  assert faults['system'] > 50_000  # 256 MB in 4 KB pages, faulted again
+  assert faults[runtime.GLIBC_KEPT] < 1_000

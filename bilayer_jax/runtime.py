@@ -6,9 +6,11 @@ with a fresh mmap and unmaps them on free, so every training step page-faults it
 machine of perf-notes.md). tcmalloc keeps freed memory for reuse: no faults after the first step, and the
 step is 20-30% faster. It can only be chosen before the process starts (LD_PRELOAD), so the command line
 re-executes itself once with it when the library is installed (Debian/Ubuntu: libtcmalloc-minimal4).
-Without tcmalloc the command tells glibc's malloc to keep what it frees (`keep_glibc_memory`): no faults
-after the first step either, and about 10% faster than glibc as it comes, though still slower than tcmalloc.
-Set BILAYER_MALLOC=system to keep the system allocator as it is.
+Without tcmalloc, a process limited to one core tells glibc's malloc to keep what it frees
+(`keep_glibc_memory`): no faults after the first step either, 10-30% faster than glibc as it comes. That
+takes a single malloc arena, whose lock costs more than the faults once XLA runs on several threads (about
+14,000 context switches per small-size step on two cores), so with more cores glibc stays as it is.
+Set BILAYER_MALLOC=system to keep the system allocator as it is in every case.
 
 XLA's CPU backend (jaxlib 0.10) hands convolutions to YNNPACK by default, whose weight-gradient convolutions
 run 3-4x slower than Eigen's and on one thread. `configure_xla_cpu` keeps YNNPACK for reductions and dots
@@ -108,11 +110,19 @@ def keep_glibc_memory() -> bool:
   return all(mallopt(option, value) == 1 for option, value in settings)
 
 
+def usable_cores() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):
+    return os.cpu_count() or 1
+
+
 def setup_allocator() -> str:
   """The allocator setup of a process started as a command; returns what it runs on.
 
-  tcmalloc when installed (re-executes the process, see `reexec_with_tcmalloc`), else glibc keeping its
-  memory; BILAYER_MALLOC=system leaves the allocator alone, BILAYER_MALLOC=glibc-kept skips tcmalloc.
+  tcmalloc when installed (re-executes the process, see `reexec_with_tcmalloc`), else on one core glibc
+  keeping its memory. BILAYER_MALLOC=system leaves the allocator alone; BILAYER_MALLOC=glibc-kept skips
+  tcmalloc and keeps glibc's memory on any number of cores.
   """
   setting = os.environ.get(ENV)
   if setting == 'system':
@@ -121,7 +131,9 @@ def setup_allocator() -> str:
     reexec_with_tcmalloc()
   if allocator_in_use() == 'tcmalloc':
     return 'tcmalloc'
-  return GLIBC_KEPT if keep_glibc_memory() else 'system'
+  if (setting == GLIBC_KEPT or usable_cores() == 1) and keep_glibc_memory():
+    return GLIBC_KEPT
+  return 'system'
 
 
 def configure_xla_cpu() -> bool:

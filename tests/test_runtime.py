@@ -99,3 +99,20 @@ def test_glibc_keeps_freed_memory_instead_of_faulting_it_in_again(tmp_path):
     pytest.skip('not glibc')
   assert faults['system'] > 50_000  # 256 MB in 4 KB pages, faulted again
   assert faults[runtime.GLIBC_KEPT] < 1_000
+
+
+@pytest.mark.parametrize('setting, cores, expected', [
+    (None, 1, runtime.GLIBC_KEPT), (None, 2, 'system'), ('glibc-kept', 2, runtime.GLIBC_KEPT),
+    ('system', 1, 'system')])
+def test_without_tcmalloc_glibc_keeps_its_memory_on_one_core_only(monkeypatch, setting, cores, expected):
+  kept = []
+  monkeypatch.setattr(runtime, 'reexec_with_tcmalloc', lambda: None)  # as when tcmalloc is not installed
+  monkeypatch.setattr(runtime, 'allocator_in_use', lambda: 'system')
+  monkeypatch.setattr(runtime, 'usable_cores', lambda: cores)
+  monkeypatch.setattr(runtime, 'keep_glibc_memory', lambda: kept.append(1) or True)
+  if setting is None:
+    monkeypatch.delenv(runtime.ENV, raising=False)
+  else:
+    monkeypatch.setenv(runtime.ENV, setting)
+  assert runtime.setup_allocator() == expected
+  assert bool(kept) == (expected == runtime.GLIBC_KEPT)

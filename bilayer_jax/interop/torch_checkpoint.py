@@ -23,7 +23,8 @@ import numpy as np
 from bilayer_jax import checkpoint as checkpoint_lib
 from bilayer_jax import config as config_lib
 
-# Reference network -> our networks it holds, and the state-dict prefix of each.
+# The authors' checkpoint files: each `{epoch}_{file}.pth` -> our networks it holds, and the state-dict key
+# prefix under which it holds each (the file format's names, not ours).
 REFERENCE_FILES = {
     'identity_embedder': {'identity_embedder': 'net'},
     'texture_generator': {'texture_generator': 'gen_tex', 'texture_projector': 'prj_tex'},
@@ -32,6 +33,7 @@ REFERENCE_FILES = {
     'texture_enhancer': {'texture_enhancer': 'net'},
     'discriminator': {'discriminator': 'net'},
 }
+_KEY_ROOT = {ours: root for held in REFERENCE_FILES.values() for ours, root in held.items()}
 # Buffers the reference stores that we recompute from the config.
 IGNORED_BUFFERS = {'inference_generator': ('identity_grid',), 'keypoints_embedder': ('frequencies',)}
 
@@ -135,6 +137,7 @@ def module_prefix(network: str, path: tuple[str, ...], config) -> str:
   """The reference's state-dict prefix of our module at `path` (without leaf, 'sn' or 'bn')."""
   p = config_lib.plans(config)
   head, rest = path[0], path[1:]
+  root = _KEY_ROOT[network]
 
   def block(prefix, norm, up, efficient):
     return _resblock_prefix(prefix, rest[0], norm, up, efficient)
@@ -142,50 +145,49 @@ def module_prefix(network: str, path: tuple[str, ...], config) -> str:
   if network == 'identity_embedder':
     norm = config.emb_norm_layer_type != 'none'
     if head == 'conv_in':
-      return 'net.enc.0'
+      return f'{root}.enc.0'
     if m := re.fullmatch(r'encoder_(\d+)', head):
-      return block(f'net.enc.{int(m[1]) + 1}', norm, False, False)
+      return block(f'{root}.enc.{int(m[1]) + 1}', norm, False, False)
     if m := re.fullmatch(r'decoder_(\d+)', head):
-      return block(f'net.dec_blocks.{m[1]}', norm, False, False)
+      return block(f'{root}.dec_blocks.{m[1]}', norm, False, False)
   elif network == 'texture_generator':
     if head == 'head':
-      return 'gen_tex.heads.0.0'
+      return f'{root}.heads.0.0'
     if head == 'final_norm':
-      return f'gen_tex.blocks.{len(p["texture_generator"]["blocks"])}'
+      return f'{root}.blocks.{len(p["texture_generator"]["blocks"])}'
     if m := re.fullmatch(r'block_(\d+)', head):
-      return block(f'gen_tex.blocks.{m[1]}', True, True, False)
+      return block(f'{root}.blocks.{m[1]}', True, True, False)
   elif network == 'inference_generator':
     heads = {'head_uv': 0, 'head_rgb': 1, 'head_mask': 2}
     if head in heads:
-      return f'gen_inf.heads.{heads[head]}.0'
+      return f'{root}.heads.{heads[head]}.0'
     if head == 'final_norm':
-      return f'gen_inf.blocks.{len(p["inference_generator"]["blocks"])}'
+      return f'{root}.blocks.{len(p["inference_generator"]["blocks"])}'
     if m := re.fullmatch(r'block_(\d+)', head):
-      return block(f'gen_inf.blocks.{m[1]}', True, True, True)
+      return block(f'{root}.blocks.{m[1]}', True, True, True)
   elif network in ('texture_projector', 'inference_projector'):
-    prj = 'prj_tex' if network == 'texture_projector' else 'prj_inf'
     if m := re.fullmatch(r'embedding_(\d+)_mlp_(\d+)_(\d+)', head):
-      return f'{prj}.fc_blocks.{m[1]}.{m[2]}.{m[3]}'
+      return f'{root}.fc_blocks.{m[1]}.{m[2]}.{m[3]}'
   elif network == 'keypoints_embedder':
     if m := re.fullmatch(r'dense_(\d+)', head):
-      return f'net.mlp.{2 * int(m[1])}'
+      return f'{root}.mlp.{2 * int(m[1])}'
   elif network == 'discriminator':
     norm = config.dis_norm_layer_type != 'none'
-    named = {'conv_in': 'net.first_conv', 'final_norm': 'net.final_block.0', 'head': 'net.linear'}
+    named = {'conv_in': f'{root}.first_conv', 'final_norm': f'{root}.final_block.0', 'head': f'{root}.linear'}
     if head in named:
       return named[head]
     if m := re.fullmatch(r'block_(\d+)', head):
-      return block(f'net.blocks.{m[1]}', norm, False, False)
+      return block(f'{root}.blocks.{m[1]}', norm, False, False)
   elif network == 'texture_enhancer':
     e = p['texture_enhancer']
     n_down, n_mid, n_up = len(e['down']), e['middle'], len(e['up'])
     if head == 'conv_in':
-      return 'net.blocks.0'
+      return f'{root}.blocks.0'
     if head == 'conv_out':
-      return f'net.blocks.{1 + n_down + n_mid + n_up + 2}'
+      return f'{root}.blocks.{1 + n_down + n_mid + n_up + 2}'
     for name, offset, up in (('down', 1, False), ('middle', 1 + n_down, False), ('up', 1 + n_down + n_mid, True)):
       if m := re.fullmatch(rf'{name}_(\d+)', head):
-        return block(f'net.blocks.{offset + int(m[1])}', False, up, False)
+        return block(f'{root}.blocks.{offset + int(m[1])}', False, up, False)
   raise KeyError(f'no reference name for {network}/{"/".join(path)}')
 
 

@@ -66,6 +66,9 @@ def paper() -> ml_collections.ConfigDict:
   c.pse_in_channels = 136
   c.pse_use_harmonic_enc = True
   c.pse_num_harmonics = 4
+  # Training only: the scripts also embed the source poses every step (the same B4 switch). Stage 1 does
+  # not use that embedding, but the call is one more spectral-norm power iteration of the embedder.
+  c.pse_emb_source_pose = True
   # discriminator
   c.dis_num_channels = 64
   c.dis_max_channels = 512

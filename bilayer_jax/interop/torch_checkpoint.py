@@ -100,6 +100,8 @@ def config_from_args(args: dict, spn_networks: str):
     raise ImportError_('tex_pixelwise_bias_type other than none is not supported')
   if args.get('pse_norm_layer_type', 'none') != 'none':
     raise ImportError_('pse_norm_layer_type other than none is not supported')
+  if isinstance(args.get('pse_emb_source_pose'), bool):
+    config.pse_emb_source_pose = args['pse_emb_source_pose']
   config.spn_networks = spn_networks
   try:
     config_lib.validate(config)

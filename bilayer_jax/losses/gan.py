@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from bilayer_jax.nn.layers import at_least_float32
+
 
 def _global_mean(x, axis_name):
   m = jnp.mean(x)
@@ -34,6 +36,6 @@ def generator_hinge(fake_scores, real_scores, axis_name=None):
 
 def feature_matching(fake_features, real_features):
   """(1/L) * sum_l mean |F_l(fake) - stop_grad(F_l(real))|."""
-  terms = [jnp.mean(jnp.abs(f.astype(jnp.float32) - jax.lax.stop_gradient(r).astype(jnp.float32)))
+  terms = [jnp.mean(jnp.abs(at_least_float32(f) - at_least_float32(jax.lax.stop_gradient(r))))
            for f, r in zip(fake_features, real_features)]
   return sum(terms) / len(terms)

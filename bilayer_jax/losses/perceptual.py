@@ -33,7 +33,11 @@ def _load(weights: str):
 
 
 def make_perceptual_loss(specs, layer_weights=vgg.PERCEPTUAL_LAYER_WEIGHTS):
-  """A function (fake, real) -> weighted sum of the configured perceptual terms (real is not differentiated)."""
+  """A function (fake, real) -> {'G_<name>': weighted term} for every configured network (the authors log
+  G_VGG19 and G_VGGFace apart); real is not differentiated."""
+  names = [spec['name'] for spec in specs]
+  if len(set(names)) != len(names):
+    raise ValueError(f'perceptual networks need distinct names, got {names}')
   nets = []
   for spec in specs:
     depth, params, normalize = _load(spec['weights'])
@@ -41,16 +45,17 @@ def make_perceptual_loss(specs, layer_weights=vgg.PERCEPTUAL_LAYER_WEIGHTS):
     if len(layers) != len(layer_weights):
       raise ValueError(f'perceptual net {spec["name"]}: {len(layers)} layers but {len(layer_weights)} layer weights')
     module = vgg.VGGFeatures(depth=depth, layers=layers, pooling='avg')
-    nets.append((module, jax.tree_util.tree_map(jnp.asarray, params), normalize, float(spec['weight'])))
+    nets.append((spec['name'], module, jax.tree_util.tree_map(jnp.asarray, params), normalize,
+                 float(spec['weight'])))
 
   def loss(fake, real):
-    total = jnp.zeros((), jnp.float32)
-    for module, params, normalize, weight in nets:
+    terms_by_net = {}
+    for name, module, params, normalize, weight in nets:
       fake_features = module.apply({'params': params}, normalize(fake))
       real_features = module.apply({'params': params}, normalize(jax.lax.stop_gradient(real)))
       terms = [w * jnp.mean(jnp.abs(f - jax.lax.stop_gradient(r)))
                for w, f, r in zip(layer_weights, fake_features, real_features)]
-      total = total + weight * sum(terms)
-    return total
+      terms_by_net[f'G_{name}'] = weight * sum(terms)
+    return terms_by_net
 
   return loss

@@ -4,21 +4,23 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from bilayer_jax.nn.layers import at_least_float32
+
 
 def l1(prediction, target):
-  return jnp.mean(jnp.abs(prediction.astype(jnp.float32) - jax.lax.stop_gradient(target).astype(jnp.float32)))
+  return jnp.mean(jnp.abs(at_least_float32(prediction) - at_least_float32(jax.lax.stop_gradient(target))))
 
 
 def mask_bce(logits, target_mask):
   """Binary cross-entropy with logits against soft ground-truth masks, mean over all pixels."""
-  logits = logits.astype(jnp.float32)
-  target = jax.lax.stop_gradient(target_mask).astype(jnp.float32)
+  logits = at_least_float32(logits)
+  target = at_least_float32(jax.lax.stop_gradient(target_mask))
   return jnp.mean(jnp.maximum(logits, 0) - logits * target + jnp.log1p(jnp.exp(-jnp.abs(logits))))
 
 
 def warp_regularizer(delta_uv):
   """Mean |delta uv| (weight 0 in the authors' scripts: off)."""
-  return jnp.mean(jnp.abs(delta_uv.astype(jnp.float32)))
+  return jnp.mean(jnp.abs(at_least_float32(delta_uv)))
 
 
 def apply_mask(image, mask):

@@ -45,6 +45,12 @@ STATS = Mode(batch_stats=True, power_iteration=False)
 LEAKY_SLOPE = 0.2
 
 
+def at_least_float32(x: jax.Array) -> jax.Array:
+  """x in float32, or in its own dtype when that is wider: statistics, norms and losses of a bfloat16 step
+  run in float32, and a float64 run (the training-parity check) stays float64 throughout."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def leaky_relu(x):
   return nn.leaky_relu(x, LEAKY_SLOPE)
 
@@ -91,11 +97,11 @@ class SpectralNormalizer(nn.Module):
     v = self.variable('spectral', 'v', init_vector, in_dim)
     u_value, v_value = u.value, v.value
     if mode.power_iteration and not self.is_initializing():
-      w = jax.lax.stop_gradient(kernel_to_matrix(kernel).astype(jnp.float32))
+      w = jax.lax.stop_gradient(at_least_float32(kernel_to_matrix(kernel)))
       v_value = _l2_normalize(w.T @ u_value, self.eps)
       u_value = _l2_normalize(w @ v_value, self.eps)
       u.value, v.value = u_value, v_value
-    sigma = spectral_sigma(kernel.astype(jnp.float32), u_value, v_value)
+    sigma = spectral_sigma(at_least_float32(kernel), u_value, v_value)
     return kernel / sigma.astype(kernel.dtype)
 
 

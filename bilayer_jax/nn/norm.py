@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bilayer_jax.nn.layers import EVAL, AdaptiveConv1x1, Mode
+from bilayer_jax.nn.layers import EVAL, AdaptiveConv1x1, Mode, at_least_float32
 
 
 class BatchNorm(nn.Module):
@@ -31,7 +31,7 @@ class BatchNorm(nn.Module):
     running_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
     if mode.batch_stats:
       axes = tuple(range(x.ndim - 1))
-      xf = x.astype(jnp.float32)
+      xf = at_least_float32(x)
       count = math.prod(x.shape[:-1])
       mean = jnp.mean(xf, axes)
       if self.axis_name is not None:

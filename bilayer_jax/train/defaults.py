@@ -35,6 +35,9 @@ def training_config(model_size: str = 'paper', stage: str = 'base') -> ml_collec
   t.perceptual = [dict(name='VGG16', weights='lpips_vgg16', layers=(1, 6, 11, 18, 25), weight=10.0)]
   t.init_checkpoint = ''             # stage 2: the stage-1 inference checkpoint (base networks + D)
   t.bn_stats_batches = 500           # standing BatchNorm statistics before export (spec 5.3)
+  # GAN health: warn once when D_ADV stays below this for this many logged steps in a row (0: never).
+  t.d_loss_warn_below = 0.01
+  t.d_loss_warn_logged_steps = 20
 
   c.data = ml_collections.ConfigDict()
   c.data.source = 'records'          # 'records' (preprocessed videos) or 'synthetic'

@@ -41,6 +41,34 @@ def _model_config(config, axis_name):
   return model
 
 
+def scalar_tag(metric: str) -> str:
+  """TensorBoard tag of a step metric: loss terms under loss/, D scores under gan/, optimizer norms under
+  their own prefix (grad_norm/GROUP, update_ratio/GROUP)."""
+  if '/' in metric:
+    return metric
+  return f'gan/{metric}' if metric.startswith('D_') and metric.endswith('_score') else f'loss/{metric}'
+
+
+class DiscriminatorWatch:
+  """Warns once when D's loss stays below `threshold` for `patience` logged steps in a row: D then
+  separates real from fake by the hinge margin everywhere, its loss gives it no gradient, and the
+  adversarial terms stop carrying information to G."""
+
+  def __init__(self, threshold: float, patience: int):
+    self.threshold, self.patience = threshold, patience
+    self.run, self.warned = 0, False
+
+  def update(self, step: int, d_loss: float) -> str | None:
+    if self.patience <= 0 or self.warned:
+      return None
+    self.run = self.run + 1 if d_loss < self.threshold else 0
+    if self.run < self.patience:
+      return None
+    self.warned = True
+    return (f'warning: D_ADV has stayed below {self.threshold:g} for {self.patience} logged steps (step {step}): '
+            'the discriminator wins outright and the adversarial terms have stopped teaching the generator')
+
+
 def initial_variables(config) -> dict:
   """Fresh variables, or for stage 2 the stage-1 checkpoint's base networks and D plus a fresh enhancer."""
   training = config.training
@@ -162,6 +190,8 @@ def train(config, workdir, progress: bool = True) -> dict:
   bar = tqdm(total=num_steps, initial=start, desc='train', disable=not (progress and is_main), dynamic_ncols=True,
              mininterval=1.0 if sys.stderr.isatty() else 30.0)
   time_limit = config.training.get('time_limit_minutes', 0) * 60
+  d_watch = DiscriminatorWatch(config.training.get('d_loss_warn_below', 0.01),
+                               config.training.get('d_loss_warn_logged_steps', 20))
   started = time.time()
   try:
     while step < num_steps:
@@ -187,9 +217,12 @@ def train(config, workdir, progress: bool = True) -> dict:
         seconds = (now - last_time) / max(step - last_step, 1)
         last_time, last_step = now, step
         bar.set_postfix(total=f'{metrics["total"]:.3f}', D=f'{metrics["D_ADV"]:.3f}')
+        warning = d_watch.update(step, metrics['D_ADV'])
+        if warning and is_main:
+          print(warning, flush=True)
         if writer is not None:
           for k, v in metrics.items():
-            writer.scalar(f'loss/{k}', v, step)
+            writer.scalar(scalar_tag(k), v, step)
           writer.scalar('perf/step_time_s', seconds, step)
           writer.scalar('perf/samples_per_s', config.training.batch_size / max(seconds, 1e-9), step)
           writer.flush()

@@ -23,7 +23,7 @@ from bilayer_jax import model as model_lib
 from bilayer_jax.avatar.identity_embedder import embedder_inputs
 from bilayer_jax.avatar.texture_enhancer import enhance_texture
 from bilayer_jax.losses import gan, reconstruction
-from bilayer_jax.nn.layers import EVAL, TRAIN, Mode
+from bilayer_jax.nn.layers import EVAL, TRAIN, Mode, at_least_float32
 from bilayer_jax.nn.warp import sample_texture
 
 # Optimizer groups (one Adam each, as the authors) and the variables each group owns.
@@ -40,7 +40,8 @@ STAGE_GROUPS = {
         'discriminator': ('discriminator',),
     },
 }
-LOSS_NAMES = ('D_ADV', 'G_ADV', 'G_FM', 'G_PER', 'G_L1', 'G_BCE', 'G_WPR')
+# The loss terms every stage-1 step reports, in the authors' names; each perceptual network adds G_<name>.
+LOSS_NAMES = ('D_ADV', 'G_ADV', 'G_FM', 'G_L1', 'G_BCE', 'G_WPR')
 
 
 @flax.struct.dataclass
@@ -75,6 +76,10 @@ def _cast(tree, dtype):
   return jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
+def params_dtype(tree):
+  return jax.tree_util.tree_leaves(tree)[0].dtype
+
+
 def _frames(batch, prefix):
   """(b, n, ...) -> (b * n, ...) for every tensor of the source or target side."""
   out = {}
@@ -99,6 +104,12 @@ def base_forward(config, nets, variables, batch, mode: Mode, dtype):
       nets['texture_generator'], variables['texture_generator'], tex_adaptive, mode=mode)
   poses = target['keypoints'].reshape(target['keypoints'].shape[0], -1).astype(dtype)
   frame, variables = model_lib.frame_outputs(model, nets, variables, texture, inf_adaptive, poses, mode)
+  if mode.power_iteration and model.get('pse_emb_source_pose', False):
+    # The authors' scripts embed the source poses too (spec 0, B4); stage 1 never uses the embedding, but
+    # the call is a second spectral-norm power iteration of the keypoints embedder per step.
+    source_poses = source['keypoints'].reshape(source['keypoints'].shape[0], -1).astype(dtype)
+    _, variables['keypoints_embedder'] = model_lib.apply(
+        nets['keypoints_embedder'], variables['keypoints_embedder'], source_poses, mode=mode)
   return dict(source=source, target=target, texture=texture, inf_adaptive=inf_adaptive, frame=frame,
               num_identities=b), variables
 
@@ -106,25 +117,28 @@ def base_forward(config, nets, variables, batch, mode: Mode, dtype):
 def _discriminate(nets, variables, images, stickman, mode, no_stickman):
   inputs = images if no_stickman else jnp.concatenate([images, stickman.astype(images.dtype)], -1)
   (scores, features), variables = model_lib.apply(nets['discriminator'], variables, inputs, mode=mode)
-  return scores.astype(jnp.float32), features, variables
+  return at_least_float32(scores), features, variables
 
 
-def make_train_step(config, nets, perceptual_fn: Callable | None, axis_name: str | None):
-  """The per-device step: (state, batch) -> (state, metrics). `nets` must be built with this axis_name."""
+def make_loss_fn(config, nets, perceptual_fn: Callable | None, axis_name: str | None):
+  """loss_fn(params, state, batch) -> (total, (losses, collections, health)) for one device.
+
+  params: {network: params} of the networks this stage trains; losses: every weighted term (the authors'
+  names); collections: the networks' updated BatchNorm statistics and spectral vectors; health: mean D
+  scores on real and fake images (of the "dis" pass).
+  """
   training = config.training
   weights = training.loss_weights
   stage = training.stage
-  groups = STAGE_GROUPS[stage]
-  trainable = tuple(n for names in groups.values() for n in names)
+  trainable = trainable_networks(config)
   dtype = jnp.dtype(training.compute_dtype)
-  tx = optimizer(training)
   no_stickman = config.model.dis_no_stickman
   pmean = (lambda x: jax.lax.pmean(x, axis_name)) if axis_name else (lambda x: x)
 
   def loss_fn(params, state: TrainState, batch):
     variables = {n: dict(v) for n, v in state.variables.items()}
     for n in trainable:
-      variables[n]['params'] = _cast(params[n], dtype) if dtype != jnp.float32 else params[n]
+      variables[n]['params'] = _cast(params[n], dtype) if dtype != params_dtype(params[n]) else params[n]
     frozen_mode = TRAIN if stage == 'base' else EVAL
     out, variables = base_forward(config, nets, variables, batch, frozen_mode, dtype)
     frame, target, source = out['frame'], out['target'], out['source']
@@ -181,8 +195,8 @@ def make_train_step(config, nets, perceptual_fn: Callable | None, axis_name: str
         'G_FM': weights.feature_matching * gan.feature_matching(fake_features, real_features),
     }
     per_image = lf_detached_image if stage == 'base' else fake_image
-    losses['G_PER'] = (perceptual_fn(per_image.astype(jnp.float32), target_image.astype(jnp.float32))
-                       if perceptual_fn is not None else jnp.zeros(()))
+    if perceptual_fn is not None:
+      losses.update(perceptual_fn(at_least_float32(per_image), at_least_float32(target_image)))
     if stage == 'base':
       losses['G_L1'] = weights.pixelwise * reconstruction.l1(lf, target_image)
       losses['G_BCE'] = (weights.segmentation * reconstruction.mask_bce(frame['mask_logits'], target['mask'])
@@ -190,25 +204,68 @@ def make_train_step(config, nets, perceptual_fn: Callable | None, axis_name: str
       losses['G_WPR'] = weights.warp_regularizer * reconstruction.warp_regularizer(frame['delta_uv'])
     total = sum(losses.values())
     new_collections = {n: {k: v for k, v in variables[n].items() if k != 'params'} for n in variables}
-    return total, (losses, new_collections)
+    health = {'D_real_score': pmean(jnp.mean(real_scores)), 'D_fake_score': pmean(jnp.mean(fake_scores_d))}
+    return total, (losses, new_collections, health)
 
-  def step(state: TrainState, batch):
-    params = {n: state.variables[n]['params'] for n in trainable}
-    grads, (losses, collections) = jax.grad(loss_fn, has_aux=True)(params, state, batch)
-    grads = pmean(grads)
-    losses = pmean(losses)
+  return loss_fn
+
+
+def _norm(tree) -> jax.Array:
+  return optax.global_norm(tree)
+
+
+def trainable_networks(config) -> tuple[str, ...]:
+  """The networks whose parameters this stage trains (the keys of loss_fn's `params`)."""
+  return tuple(n for names in STAGE_GROUPS[config.training.stage].values() for n in names)
+
+
+def make_apply_gradients(config):
+  """apply(state, grads, collections) -> (state, metrics): one optimizer step per network group (the
+  authors' separate Adams), the networks' updated statistics installed, the step counter advanced.
+
+  metrics: per optimizer group the gradient norm ('grad_norm/GROUP') and the update-to-parameter norm
+  ratio ('update_ratio/GROUP').
+  """
+  groups = STAGE_GROUPS[config.training.stage]
+  tx = optimizer(config.training)
+
+  def apply(state: TrainState, grads, collections):
     new_variables = {n: {**state.variables[n], **collections[n]} for n in state.variables}
-    new_opt_states = {}
+    new_opt_states, metrics = {}, {}
     for group, names in groups.items():
       g = {n: grads[n] for n in names}
       p = {n: state.variables[n]['params'] for n in names}
       updates, new_opt_states[group] = tx.update(g, state.opt_states[group], p)
+      metrics[f'grad_norm/{group}'] = _norm(g)
+      metrics[f'update_ratio/{group}'] = _norm(updates) / jnp.maximum(_norm(p), 1e-12)
       p = optax.apply_updates(p, updates)
       for n in names:
         new_variables[n]['params'] = p[n]
-    losses = {k: losses.get(k, jnp.zeros(())) for k in LOSS_NAMES}
-    losses['total'] = sum(losses.values())
     new_state = state.replace(step=state.step + 1, variables=new_variables, opt_states=new_opt_states)
-    return new_state, losses
+    return new_state, metrics
+
+  return apply
+
+
+def make_train_step(config, nets, perceptual_fn: Callable | None, axis_name: str | None):
+  """The per-device step: (state, batch) -> (state, metrics). `nets` must be built with this axis_name.
+
+  metrics: every loss term, 'total', the mean D scores on real and fake images ('D_real_score',
+  'D_fake_score') and the optimizer metrics of make_apply_gradients.
+  """
+  trainable = trainable_networks(config)
+  pmean = (lambda x: jax.lax.pmean(x, axis_name)) if axis_name else (lambda x: x)
+  loss_fn = make_loss_fn(config, nets, perceptual_fn, axis_name)
+  apply_gradients = make_apply_gradients(config)
+
+  def step(state: TrainState, batch):
+    params = {n: state.variables[n]['params'] for n in trainable}
+    grads, (losses, collections, health) = jax.grad(loss_fn, has_aux=True)(params, state, batch)
+    grads = pmean(grads)
+    losses = pmean(losses)
+    new_state, metrics = apply_gradients(state, grads, collections)
+    losses = {**{k: jnp.zeros(()) for k in LOSS_NAMES}, **losses}
+    losses['total'] = sum(losses.values())
+    return new_state, {**losses, **health, **metrics}
 
   return step

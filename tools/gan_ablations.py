@@ -1,0 +1,145 @@
+"""Short training runs of the quickstart's model under named config variants, for finding what makes the
+GAN unhealthy (issue: G gets worse while D wins). Each variant trains from the same initialization on the
+carphone clip the demo preprocesses, for the same number of steps; the per-step losses and GAN-health
+metrics go to OUT/VARIANT.json and one comparison plot to OUT/ablations.png.
+
+  python tools/gan_ablations.py --out ablations --steps 300 --variants demo no_adv no_fm ...
+  python tools/gan_ablations.py --list
+
+The data is preprocessed once into OUT/data (as `bilayer-jax demo` does: frames 0-99 of the clip, 64 px).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import time
+
+# name -> (what it tests, overrides as {dotted.config.key: value})
+VARIANTS = {
+    'demo': ('experiments/demo.py as it is', {}),
+    'paper_recipe': ('the authors\' recipe at the tiny size (demo.py with the paper\'s defaults)', {}),
+    'no_adv': ('adversarial weight 0 (G_ADV and D_ADV off)', {'training.loss_weights.adversarial': 0.0}),
+    'no_fm': ('feature matching weight 0', {'training.loss_weights.feature_matching': 0.0}),
+    'no_gan': ('no D at all: adversarial and feature matching 0',
+               {'training.loss_weights.adversarial': 0.0, 'training.loss_weights.feature_matching': 0.0}),
+    'no_per': ('no perceptual term', {'training.perceptual': []}),
+    'no_masks': ('losses and D on unmasked images', {'training.apply_masks': False}),
+    'd_lr_low': ('D learning rate / 4', {'training.discriminator_learning_rate': 5e-5}),
+    'fm_1': ('feature matching weight 1', {'training.loss_weights.feature_matching': 1.0}),
+    'no_sn_d': ('no spectral norm in D', {'model.spn_networks':
+                                          'identity_embedder, texture_generator, keypoints_embedder, inference_generator'}),
+}
+
+
+def prepare_data(out: pathlib.Path) -> pathlib.Path:
+  from bilayer_jax import animate, demo
+  from data_pipelines import preprocess as preprocess_lib
+  from data_pipelines.config import Config as PreprocessConfig
+
+  data = out / 'data'
+  if (data / 'manifest.json').exists():
+    return data
+  frames, _ = animate.read_video(demo.asset_paths()['clip'])
+  demo.write_training_frames(frames, out / 'raw')
+  preprocess_lib.preprocess(out / 'raw', data, PreprocessConfig(
+      image_size=64, segmenter='none', max_frames=64, min_frames=2), num_workers=2, progress=False)
+  return data
+
+
+def variant_config(name: str, data_dir, steps: int):
+  from bilayer_jax import cli
+
+  root = pathlib.Path(__file__).resolve().parents[1]
+  config = cli.load_experiment(str(root / 'experiments' / 'demo.py'))
+  if name == 'paper_recipe':
+    from bilayer_jax.train.defaults import training_config
+    paper = training_config('tiny', stage='base')
+    config.training = paper.training
+    config.model = paper.model
+    config.training.batch_size = 8
+  for key, value in VARIANTS[name][1].items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise KeyError(f'{name}: config has no {key}')
+    node[leaf] = value
+  config.data.dir = str(data_dir)
+  config.training.num_steps = steps
+  config.training.time_limit_minutes = 0.0
+  config.training.bn_stats_batches = 0
+  config.image_every = 0
+  config.checkpoint_every = 10 ** 9
+  config.log_every = 10
+  return config
+
+
+def plot(results: dict, path: pathlib.Path) -> None:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  keys = ('G_L1', 'D_ADV', 'D_real_score', 'D_fake_score')
+  fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), dpi=110)
+  for name, history in results.items():
+    steps = [s for s, _ in history]
+    for ax, key in zip(axes, keys):
+      if key in history[0][1]:
+        ax.plot(steps, [m[key] for _, m in history], label=name, lw=0.8)
+  for ax, key in zip(axes, keys):
+    ax.set_title(key)
+    ax.set_xlabel('step')
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--out', default='ablations')
+  p.add_argument('--steps', type=int, default=300)
+  p.add_argument('--variants', nargs='*', default=['demo'])
+  p.add_argument('--list', action='store_true')
+  a = p.parse_args(argv)
+  if a.list:
+    for name, (what, overrides) in VARIANTS.items():
+      print(f'{name:14s} {what}  {overrides or ""}')
+    return 0
+  unknown = [v for v in a.variants if v not in VARIANTS]
+  if unknown:
+    raise SystemExit(f'unknown variants {unknown}; --list shows them')
+  from bilayer_jax.train import loop
+
+  out = pathlib.Path(a.out)
+  out.mkdir(parents=True, exist_ok=True)
+  data = prepare_data(out)
+  results = {}
+  for name in a.variants:
+    path = out / f'{name}.json'
+    if path.exists():
+      results[name] = json.loads(path.read_text())['history']
+      continue
+    workdir = out / 'runs' / name
+    if workdir.exists():
+      raise SystemExit(f'{workdir} exists from an interrupted run; remove it to rerun {name}')
+    config = variant_config(name, data, a.steps)
+    start = time.time()
+    summary = loop.train(config, workdir, progress=False)
+    history = [(s, m) for s, m in summary['history']]
+    path.write_text(json.dumps({'variant': name, 'what': VARIANTS[name][0], 'overrides': VARIANTS[name][1],
+                                'steps': a.steps, 'seconds': round(time.time() - start, 1),
+                                'history': history}) + '\n')
+    results[name] = history
+    last = history[-1][1]
+    print(f'{name:14s} G_L1 step1 {history[0][1]["G_L1"]:.3f} -> step{history[-1][0]} {last["G_L1"]:.3f}  '
+          f'D_ADV {last["D_ADV"]:.3f}', flush=True)
+  plot(results, out / 'ablations.png')
+  print(f'wrote {out / "ablations.png"}')
+  return 0
+
+
+if __name__ == '__main__':
+  raise SystemExit(main())

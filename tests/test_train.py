@@ -84,6 +84,37 @@ def test_generator_terms_never_update_the_discriminator():
   assert max_difference(variables['discriminator']['spectral'], new.variables['discriminator']['spectral']) > 0
 
 
+def test_step_reports_gan_health():
+  """Mean D scores, and per optimizer group a gradient norm and an update/parameter ratio (Adam's first step
+  moves every parameter by about lr, so the ratio is about lr * sqrt(count) / |params|)."""
+  config = training_config('micro')
+  config.training.perceptual = []
+  variables = model_lib.init_variables(config.model, 0)
+  state = init_state(config, variables)
+  _, metrics = jax.jit(make_train_step(config, model_lib.build_networks(config.model), None, None))(
+      state, next(data_lib.synthetic_batches(0, 2, config.model.image_size, 0, 0, 1)))
+  for group in ('identity_embedder', 'texture_generator', 'keypoints_embedder', 'inference_generator',
+                'discriminator'):
+    assert float(metrics[f'grad_norm/{group}']) > 0
+    ratio = float(metrics[f'update_ratio/{group}'])
+    assert 0 < ratio < 1e-2
+  assert np.isfinite(float(metrics['D_real_score'])) and np.isfinite(float(metrics['D_fake_score']))
+  assert 'G_PER' not in metrics and 'total' in metrics
+
+
+def test_discriminator_watch_warns_once_after_patience():
+  from bilayer_jax.train.loop import DiscriminatorWatch, scalar_tag
+
+  watch = DiscriminatorWatch(0.01, 3)
+  assert [watch.update(s, v) for s, v in ((10, 0.001), (20, 0.002), (30, 0.5), (40, 0.0))] == [None] * 4
+  warning = [watch.update(s, 0.0) for s in (50, 60)]
+  assert warning[0] is None and 'step 60' in warning[1]
+  assert watch.update(70, 0.0) is None  # once
+  assert DiscriminatorWatch(0.01, 0).update(1, 0.0) is None
+  assert scalar_tag('G_L1') == 'loss/G_L1' and scalar_tag('D_ADV') == 'loss/D_ADV'
+  assert scalar_tag('D_real_score') == 'gan/D_real_score' and scalar_tag('grad_norm/discriminator') == 'grad_norm/discriminator'
+
+
 def test_parallel_forms_and_synchronized_batchnorm(tmp_path):
   """shard_map on 8 devices == pmap on 8 devices == one device with the whole batch (1e-5)."""
   out = tmp_path / 'params.npz'

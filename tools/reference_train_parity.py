@@ -388,14 +388,6 @@ def our_step(run_dir, batch: dict, seed: int, loss_weights=None, drop_terms=(), 
 # The comparison
 
 
-def _leaves(tree, path=()):
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      yield from _leaves(v, path + (k,))
-    else:
-      yield path + (k,), v
-
-
 def _relative(ours, theirs) -> float:
   scale = float(np.max(np.abs(theirs))) if theirs.size else 0.0
   diff = float(np.max(np.abs(ours - theirs))) if theirs.size else 0.0
@@ -407,7 +399,7 @@ def compare(ours: dict, theirs: dict) -> list[dict]:
   after the step. `error` is the worst relative error (per tensor: max abs difference / max abs value;
   for near-zero gradients, see NEAR_ZERO)."""
   from bilayer_jax.config import spectral_norm_networks
-  from bilayer_jax.interop.torch_checkpoint import REFERENCE_FILES, convert, torch_key
+  from bilayer_jax.interop.torch_checkpoint import REFERENCE_FILES, convert, leaves_with_paths, torch_key
 
   config = ours['config']
   sn = spectral_norm_networks(config)
@@ -427,7 +419,7 @@ def compare(ours: dict, theirs: dict) -> list[dict]:
     ref_grads, ref_after = theirs['grads'][ref_name], theirs['after'][ref_name]
     pairs, problems = [], []
     for network in networks:
-      for path, g in _leaves(ours['grads'][network]):
+      for path, g in leaves_with_paths(ours['grads'][network]):
         key, how = torch_key(network, 'params', path, config, network in sn)
         g = np.asarray(g)
         if key in ref_grads:
@@ -452,7 +444,7 @@ def compare(ours: dict, theirs: dict) -> list[dict]:
 
     errors, zero_moves, problems = {}, [], []
     for network in networks:
-      for path, value in _leaves(ours['after'][network]):
+      for path, value in leaves_with_paths(ours['after'][network]):
         collection, rest = path[0], path[1:]
         key, how = torch_key(network, collection, rest, config, network in sn)
         if key not in ref_after:

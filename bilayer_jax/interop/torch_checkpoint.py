@@ -226,10 +226,11 @@ def convert(value: np.ndarray, how: str) -> np.ndarray:
   return value
 
 
-def _leaves(tree, path=()):
+def leaves_with_paths(tree, path=()):
+  """(path tuple, leaf) of a nested dict, depth first."""
   for k, v in tree.items():
     if isinstance(v, dict):
-      yield from _leaves(v, path + (k,))
+      yield from leaves_with_paths(v, path + (k,))
     else:
       yield path + (k,), v
 
@@ -299,7 +300,7 @@ def import_run(run_dir, epoch: int | None = None, networks=None):
     problems = []
     for network in REFERENCE_FILES[ref_name]:
       tree = {}
-      for path, shape in _leaves(shapes[network]):
+      for path, shape in leaves_with_paths(shapes[network]):
         collection, rest = path[0], path[1:]
         key, how = torch_key(network, collection, rest, config, network in sn_networks)
         if key not in state:

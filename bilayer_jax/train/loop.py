@@ -191,7 +191,8 @@ def train(config, workdir, progress: bool = True) -> dict:
              mininterval=1.0 if sys.stderr.isatty() else 30.0)
   time_limit = config.training.get('time_limit_minutes', 0) * 60
   d_watch = DiscriminatorWatch(config.training.get('d_loss_warn_below', 0.01),
-                               config.training.get('d_loss_warn_logged_steps', 20))
+                               config.training.get('d_loss_warn_logged_steps', 20)
+                               if config.training.loss_weights.adversarial > 0 else 0)
   started = time.time()
   try:
     while step < num_steps:

@@ -102,6 +102,48 @@ def test_step_reports_gan_health():
   assert 'G_PER' not in metrics and 'total' in metrics
 
 
+def test_pair_augmentation_moves_each_real_and_its_fake_alike():
+  from bilayer_jax.losses import discriminator_regularizers as d_regs
+
+  image = jnp.arange(2 * 5 * 6 * 1, dtype=jnp.float32).reshape(2, 5, 6, 1) + 1
+  moved = d_regs.translate(image, jnp.array([[1, -2], [0, 0]]))
+  np.testing.assert_array_equal(moved[0, 1:, :4], image[0, :4, 2:])
+  assert float(jnp.abs(moved[0, 0]).max()) == 0 and float(jnp.abs(moved[0, :, 4:]).max()) == 0
+  np.testing.assert_array_equal(moved[1], image[1])
+  reals = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
+  out = d_regs.augment_pairs(jax.random.PRNGKey(1), jnp.concatenate([reals, reals + 5.0], 0), 0.25)
+  np.testing.assert_allclose(out[4:] - out[:4], jnp.where(out[:4] == 0, 0.0, 5.0) * (out[4:] != 0), atol=1e-6)
+  assert float(jnp.abs(out[:4] - reals).max()) > 0  # something moved
+  assert float(d_regs.instance_noise_std(jnp.array(50), 0.2, 100)) == pytest.approx(0.1)
+  assert float(d_regs.instance_noise_std(jnp.array(500), 0.2, 100)) == 0.0
+  assert float(d_regs.r1_penalty(jnp.ones((2, 3, 3, 2)))) == 18.0
+
+
+def test_discriminator_remedies_in_the_step():
+  """R1 reports D_R1 > 0; augmentation and noise change D's scores; a D learning-rate scale of 0 freezes D's
+  parameters while the generators still learn."""
+  def run(**settings):
+    config = training_config('micro')
+    config.training.perceptual = []
+    config.training.discriminator.update(settings)
+    variables = model_lib.init_variables(config.model, 0)
+    state = init_state(config, variables)
+    new, metrics = jax.jit(make_train_step(config, model_lib.build_networks(config.model), None, None))(
+        state, next(data_lib.synthetic_batches(0, 2, config.model.image_size, 0, 0, 1)))
+    return variables, new, metrics
+
+  _, _, plain = run()
+  assert 'D_R1' not in plain
+  _, _, r1 = run(r1_weight=1.0)
+  assert float(r1['D_R1']) > 0 and np.isfinite(float(r1['total']))
+  assert float(r1['D_ADV']) == pytest.approx(float(plain['D_ADV']), rel=1e-5)
+  _, _, augmented = run(augment_shift=0.25, instance_noise=0.3)
+  assert float(augmented['D_real_score']) != pytest.approx(float(plain['D_real_score']), rel=1e-4)
+  variables, new, _ = run(learning_rate_scale=0.0)
+  assert max_difference(variables['discriminator']['params'], new.variables['discriminator']['params']) == 0.0
+  assert max_difference(variables['inference_generator']['params'], new.variables['inference_generator']['params']) > 0
+
+
 def test_discriminator_watch_warns_once_after_patience():
   from bilayer_jax.train.loop import DiscriminatorWatch, scalar_tag
 

@@ -31,6 +31,16 @@ VARIANTS = {
     'no_gan': ('no D at all', {**NO_ADV, **NO_FM}),
     'no_fm': ('feature matching 0', NO_FM),
     'fm_1': ('feature matching weight 1', {'training.loss_weights.feature_matching': 1.0}),
+    'd_lr_0.1': ('D learning rate 0.1x', {'training.discriminator.learning_rate_scale': 0.1}),
+    'd_shift': ('the same random shift (up to 1/8 of the side) of each real/fake pair before D',
+                {'training.discriminator.augment_shift': 0.125}),
+    'd_noise': ('instance noise std 0.2 on D\'s images, fading over 1000 steps',
+                {'training.discriminator.instance_noise': 0.2,
+                 'training.discriminator.instance_noise_decay_steps': 1000}),
+    'd_r1': ('R1 penalty, gamma 1', {'training.discriminator.r1_weight': 1.0}),
+    'd_shift_noise': ('shift and instance noise together',
+                      {'training.discriminator.augment_shift': 0.125, 'training.discriminator.instance_noise': 0.2,
+                       'training.discriminator.instance_noise_decay_steps': 1000}),
     'no_sn_d': ('no spectral norm in D', {'model.spn_networks':
                                           'identity_embedder, texture_generator, keypoints_embedder, inference_generator'}),
 }
@@ -79,13 +89,19 @@ def plot(results: dict, path: pathlib.Path) -> None:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  keys = ('G_L1', 'G_BCE', 'D_ADV', 'G_ADV')
+  keys = ('G_L1', 'D_ADV', 'G_ADV', 'D score gap')
+
+  def value(m, key):
+    if key == 'D score gap':  # mean D score on real minus on fake: how far apart D holds them
+      return m['D_real_score'] - m['D_fake_score'] if 'D_real_score' in m else None
+    return m.get(key)
+
   fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), dpi=110)
   for name, history in results.items():
-    steps = [s for s, _ in history]
     for ax, key in zip(axes, keys):
-      if key in history[0][1]:
-        ax.plot(steps, [m[key] for _, m in history], label=name, lw=0.8)
+      points = [(s, value(m, key)) for s, m in history if value(m, key) is not None]
+      if points:
+        ax.plot(*zip(*points), label=name, lw=0.8)
   for ax, key in zip(axes, keys):
     ax.set_title(key + (' (as each run measures it)' if key == 'G_L1' else ''), fontsize=9)
     ax.set_xlabel('step')

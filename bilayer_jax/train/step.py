@@ -22,6 +22,7 @@ import optax
 from bilayer_jax import model as model_lib
 from bilayer_jax.avatar.identity_embedder import embedder_inputs
 from bilayer_jax.avatar.texture_enhancer import enhance_texture
+from bilayer_jax.losses import discriminator_regularizers as d_regs
 from bilayer_jax.losses import gan, reconstruction
 from bilayer_jax.nn.layers import EVAL, TRAIN, Mode, at_least_float32
 from bilayer_jax.nn.warp import sample_texture
@@ -52,22 +53,35 @@ class TrainState:
   rng: jax.Array
 
 
-def optimizer(training) -> optax.GradientTransformation:
-  """Adam as the authors (one per network group). 'sgd' is plain gradient descent: Adam's normalization
+# The discriminator settings a config without a `training.discriminator` block gets: the authors' recipe.
+D_DEFAULTS = dict(learning_rate_scale=1.0, augment_shift=0.0, instance_noise=0.0, instance_noise_decay_steps=0,
+                  r1_weight=0.0)
+
+
+def discriminator_settings(training) -> dict:
+  return {**D_DEFAULTS, **dict(training.get('discriminator', None) or {})}
+
+
+def optimizer(training, group: str | None = None) -> optax.GradientTransformation:
+  """Adam as the authors (one per network group; the discriminator's learning rate may be scaled by
+  training.discriminator.learning_rate_scale). 'sgd' is plain gradient descent: Adam's normalization
   turns float round-off in near-zero gradients (e.g. conv biases that feed a BatchNorm) into lr-sized steps,
   so comparisons of parallel forms to 1e-5 use sgd."""
   kind = training.get('optimizer', 'adam')
+  lr = training.learning_rate
+  if group == 'discriminator':
+    lr = lr * discriminator_settings(training)['learning_rate_scale']
   if kind == 'adam':
-    return optax.adam(training.learning_rate, b1=training.adam_b1, b2=training.adam_b2, eps=training.adam_eps)
+    return optax.adam(lr, b1=training.adam_b1, b2=training.adam_b2, eps=training.adam_eps)
   if kind == 'sgd':
-    return optax.sgd(training.learning_rate)
+    return optax.sgd(lr)
   raise ValueError(f"training.optimizer must be 'adam' or 'sgd', got {kind!r}")
 
 
 def init_state(config, variables: dict, seed: int = 0) -> TrainState:
   groups = STAGE_GROUPS[config.training.stage]
-  tx = optimizer(config.training)
-  opt_states = {g: tx.init({n: variables[n]['params'] for n in nets}) for g, nets in groups.items()}
+  opt_states = {g: optimizer(config.training, g).init({n: variables[n]['params'] for n in nets})
+                for g, nets in groups.items()}
   return TrainState(step=jnp.zeros((), jnp.int32), variables=variables, opt_states=opt_states,
                     rng=jax.random.PRNGKey(seed))
 
@@ -114,10 +128,15 @@ def base_forward(config, nets, variables, batch, mode: Mode, dtype):
               num_identities=b), variables
 
 
-def _discriminate(nets, variables, images, stickman, mode, no_stickman):
-  inputs = images if no_stickman else jnp.concatenate([images, stickman.astype(images.dtype)], -1)
+def _discriminate(nets, variables, inputs, mode):
   (scores, features), variables = model_lib.apply(nets['discriminator'], variables, inputs, mode=mode)
   return at_least_float32(scores), features, variables
+
+
+def _step_key(state: TrainState, axis_name: str | None) -> jax.Array:
+  """A key for this step and this device (each device draws its own augmentations)."""
+  key = jax.random.fold_in(state.rng, state.step)
+  return jax.random.fold_in(key, jax.lax.axis_index(axis_name)) if axis_name else key
 
 
 def make_loss_fn(config, nets, perceptual_fn: Callable | None, axis_name: str | None):
@@ -133,6 +152,7 @@ def make_loss_fn(config, nets, perceptual_fn: Callable | None, axis_name: str | 
   trainable = trainable_networks(config)
   dtype = jnp.dtype(training.compute_dtype)
   no_stickman = config.model.dis_no_stickman
+  d_settings = discriminator_settings(training)
   pmean = (lambda x: jax.lax.pmean(x, axis_name)) if axis_name else (lambda x: x)
 
   def loss_fn(params, state: TrainState, batch):
@@ -175,15 +195,38 @@ def make_loss_fn(config, nets, perceptual_fn: Callable | None, axis_name: str | 
       lf = reconstruction.apply_mask(lf, m)
       lf_detached_image = reconstruction.apply_mask(lf_detached_image, m)
 
-    # Discriminator: "dis" pass on [real; detached fake], then "gen" pass with frozen parameters.
-    d_vars = variables['discriminator']
-    pair = jnp.concatenate([target_image, jax.lax.stop_gradient(fake_image)], 0)
+    # Discriminator: "dis" pass on [real; detached fake], then "gen" pass with frozen parameters. Both
+    # passes see the same noise and shifts (d_view), so D_ADV and G_ADV score the same inputs.
+    noise_key, shift_key = jax.random.split(_step_key(state, axis_name))
+    noise_std = d_regs.instance_noise_std(state.step, d_settings['instance_noise'],
+                                          d_settings['instance_noise_decay_steps'])
     stick = jnp.concatenate([target['stickman'], target['stickman']], 0)
-    scores, _, d_vars = _discriminate(nets, d_vars, pair, stick, TRAIN, no_stickman)
+
+    def d_view(images):
+      if d_settings['instance_noise'] > 0:
+        images = d_regs.instance_noise(noise_key, images, noise_std)
+      x = images if no_stickman else jnp.concatenate([images, stick.astype(images.dtype)], -1)
+      if d_settings['augment_shift'] > 0:
+        x = d_regs.augment_pairs(shift_key, x, d_settings['augment_shift'])
+      return x
+
+    n_real = target_image.shape[0]
+    d_vars = variables['discriminator']
+    dis_inputs = d_view(jnp.concatenate([target_image, jax.lax.stop_gradient(fake_image)], 0))
+    d_r1 = None
+    if d_settings['r1_weight'] > 0:
+      def real_score_sum(x):
+        scores, _, new_vars = _discriminate(nets, d_vars, x, TRAIN)
+        return jnp.sum(scores[:n_real]), (scores, new_vars)
+
+      grad_inputs, (scores, d_vars) = jax.grad(real_score_sum, has_aux=True)(dis_inputs)
+      d_r1 = 0.5 * d_settings['r1_weight'] * d_regs.r1_penalty(grad_inputs[:n_real])
+    else:
+      scores, _, d_vars = _discriminate(nets, d_vars, dis_inputs, TRAIN)
     real_scores, fake_scores_d = jnp.split(scores, 2)
     frozen_d = {**d_vars, 'params': jax.lax.stop_gradient(d_vars['params'])}
-    pair = jnp.concatenate([target_image, fake_image], 0)
-    scores, features, frozen_d = _discriminate(nets, frozen_d, pair, stick, TRAIN, no_stickman)
+    gen_inputs = d_view(jnp.concatenate([target_image, fake_image], 0))
+    scores, features, frozen_d = _discriminate(nets, frozen_d, gen_inputs, TRAIN)
     d_vars = {**frozen_d, 'params': d_vars['params']}
     variables['discriminator'] = d_vars
     _, fake_scores_g = jnp.split(scores, 2)
@@ -194,6 +237,8 @@ def make_loss_fn(config, nets, perceptual_fn: Callable | None, axis_name: str | 
         'G_ADV': weights.adversarial * gan.generator_hinge(fake_scores_g, real_scores, axis_name),
         'G_FM': weights.feature_matching * gan.feature_matching(fake_features, real_features),
     }
+    if d_r1 is not None:
+      losses['D_R1'] = d_r1
     per_image = lf_detached_image if stage == 'base' else fake_image
     if perceptual_fn is not None:
       losses.update(perceptual_fn(at_least_float32(per_image), at_least_float32(target_image)))
@@ -211,7 +256,7 @@ def make_loss_fn(config, nets, perceptual_fn: Callable | None, axis_name: str | 
 
 
 def _norm(tree) -> jax.Array:
-  return optax.global_norm(tree)
+  return optax.tree.norm(tree)
 
 
 def trainable_networks(config) -> tuple[str, ...]:
@@ -227,7 +272,7 @@ def make_apply_gradients(config):
   ratio ('update_ratio/GROUP').
   """
   groups = STAGE_GROUPS[config.training.stage]
-  tx = optimizer(config.training)
+  txs = {g: optimizer(config.training, g) for g in groups}
 
   def apply(state: TrainState, grads, collections):
     new_variables = {n: {**state.variables[n], **collections[n]} for n in state.variables}
@@ -235,7 +280,7 @@ def make_apply_gradients(config):
     for group, names in groups.items():
       g = {n: grads[n] for n in names}
       p = {n: state.variables[n]['params'] for n in names}
-      updates, new_opt_states[group] = tx.update(g, state.opt_states[group], p)
+      updates, new_opt_states[group] = txs[group].update(g, state.opt_states[group], p)
       metrics[f'grad_norm/{group}'] = _norm(g)
       metrics[f'update_ratio/{group}'] = _norm(updates) / jnp.maximum(_norm(p), 1e-12)
       p = optax.apply_updates(p, updates)

@@ -3,7 +3,7 @@
   bilayer-jax info --config paper                 parameter and MAC counts of every network
   bilayer-jax import-torch RUN_DIR --epoch N --out CHECKPOINT_DIR
                                                   the authors' PyTorch run -> a checkpoint bilayer_jax.load opens
-  bilayer-jax train --config experiments/base_model.py --workdir DIR [--config.key=value ...]
+  bilayer-jax train --config base_model[:small] --workdir DIR [--config.key=value ...]
   bilayer-jax animate --checkpoint C --source PHOTO --driver VIDEO --out OUT.mp4 [--side-by-side]
   bilayer-jax export CHECKPOINT --source PHOTO --out DIR   FP16/FP32 TFLite graphs of one avatar + report.json
   bilayer-jax preprocess INPUT_DIR OUTPUT_DIR [...]          raw face videos -> training records
@@ -18,60 +18,20 @@ import pathlib
 import sys
 
 
-def load_experiment(spec: str):
-  """experiments/NAME.py[:ARG] -> the ConfigDict its get_config returns."""
-  import importlib.util
-
-  path = pathlib.Path(spec.split(':')[0])
-  if not (path.suffix == '.py' and path.is_file()):
-    raise SystemExit(f'--config: {path} is not a config file (experiments/*.py)')
-  module_spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  arg = spec.split(':', 1)[1] if ':' in spec else None
-  return module.get_config(arg) if arg else module.get_config()
-
-
-def apply_overrides(config, overrides: list[str]):
-  """--config.a.b=value: value parsed as JSON when it can be (numbers, lists, true/false), else a string."""
-  import json
-
-  for item in overrides:
-    if not item.startswith('--config.') or '=' not in item:
-      raise SystemExit(f'unrecognized argument {item!r}; overrides look like --config.training.batch_size=8')
-    key, raw = item[len('--config.'):].split('=', 1)
-    try:
-      value = json.loads(raw)
-    except json.JSONDecodeError:
-      value = {'True': True, 'False': False}.get(raw, raw)
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    if leaf not in node:
-      raise SystemExit(f'--config.{key}: no such field')
-    old = node[leaf]
-    if isinstance(old, float) and isinstance(value, int):
-      value = float(value)
-    if isinstance(old, tuple) and isinstance(value, list):
-      value = tuple(value)
-    node[leaf] = value
-  return config
-
-
 def _load_config(spec: str):
-  """A named size ('paper', 'small', 'tiny') or an experiments/*.py file with get_config()."""
+  """A named model size ('paper', 'small', 'tiny', 'micro') or an experiment config (config_files)."""
   from bilayer_jax import config as config_lib
+  from bilayer_jax import config_files
 
   if spec in config_lib.SIZES:
     return config_lib.get_config(spec)
-  path = pathlib.Path(spec.split(':')[0])
-  if path.suffix == '.py' and path.is_file():
-    config = load_experiment(spec)
-    model = config.model if 'model' in config else config
-    config_lib.validate(model)
-    return model
-  raise SystemExit(f'--config: {spec!r} is neither a model size {config_lib.SIZES} nor a config file')
+  try:
+    config = config_files.load(spec)
+  except config_files.ConfigError as e:
+    raise SystemExit(f'--config: {e} (or a model size {list(config_lib.SIZES)})') from None
+  model = config.model if 'model' in config else config
+  config_lib.validate(model)
+  return model
 
 
 def cmd_info(args) -> int:
@@ -105,10 +65,11 @@ def cmd_import_torch(args) -> int:
 
 
 def cmd_train(args, overrides) -> int:
+  from bilayer_jax import config_files
   from bilayer_jax.train import loop
 
-  config = apply_overrides(load_experiment(args.config), overrides)
   try:
+    config = config_files.apply_overrides(config_files.load(args.config), overrides)
     summary = loop.train(config, args.workdir)
   except loop.TrainingDiverged as e:
     print(f'train: {e}', file=sys.stderr)
@@ -225,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
   sub = parser.add_subparsers(dest='command', required=True)
 
   p = sub.add_parser('info', help='parameter and MAC counts of every network')
-  p.add_argument('--config', default='paper', help='model size (paper, small, tiny) or experiments/*.py')
+  p.add_argument('--config', default='paper', help='model size (paper, small, tiny, micro) or an experiment config')
   p.add_argument('--no-harmonics', action='store_true', help='count the keypoints embedder without harmonics')
   p.set_defaults(func=cmd_info)
 
@@ -238,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(func=cmd_import_torch)
 
   p = sub.add_parser('train', help='train (or resume) a model; overrides as --config.key=value')
-  p.add_argument('--config', required=True, help='experiments/NAME.py[:ARG]')
+  p.add_argument('--config', required=True,
+                 help='a packaged experiment (base_model, texture_enhancer, tiny_cpu, demo) or a .py file, '
+                      'each with :OPTIONS (comma-separated; see the config)')
   p.add_argument('--workdir', required=True, help='checkpoints, TensorBoard logs, images, exports')
   p.set_defaults(func=cmd_train, takes_overrides=True)
 

@@ -146,9 +146,9 @@ def run(out_dir='demo_out', minutes: float = 14.0, steps: int | None = None, pro
     result['held_out_without_face'] = no_face
 
   with stage('2/5 train: tiny model on frames 0-99', timings):
-    from bilayer_jax import cli
+    from bilayer_jax import config_files
     from bilayer_jax.train import loop
-    config = cli.load_experiment(str(pathlib.Path(__file__).resolve().parents[1] / 'experiments' / 'demo.py'))
+    config = config_files.load('demo')
     config.data.dir = str(out / 'data')
     if steps:
       config.training.num_steps = steps

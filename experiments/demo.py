@@ -12,10 +12,12 @@ Departures from the authors' recipe, for this data only:
       while the unmasked error falls (tools/gan_ablations.py, variants demo / no_gan / no_masks: the rise
       is the same with D switched off). Unmasked losses measure the whole frame from step 1.
 """
+from bilayer_jax.config_files import parse_options
 from bilayer_jax.train.defaults import training_config
 
 
 def get_config(arg: str = ''):
+  parse_options(arg, {})  # takes no options
   config = training_config('tiny', stage='base')
   config.training.batch_size = 8
   config.training.apply_masks = False

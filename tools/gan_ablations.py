@@ -62,18 +62,11 @@ def prepare_data(out: pathlib.Path) -> pathlib.Path:
 
 
 def variant_config(name: str, data_dir, steps: int):
-  from bilayer_jax import cli
+  from bilayer_jax import config_files
 
-  root = pathlib.Path(__file__).resolve().parents[1]
-  config = cli.load_experiment(str(root / 'experiments' / 'demo.py'))
+  config = config_files.load('demo')
   for key, value in VARIANTS[name][1].items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    if leaf not in node:
-      raise KeyError(f'{name}: config has no {key}')
-    node[leaf] = value
+    config_files.set_field(config, key, value)
   config.data.dir = str(data_dir)
   config.training.num_steps = steps
   config.training.time_limit_minutes = 0.0

@@ -1,0 +1,1 @@
+"""Training: the per-device step, its parallel wrappers, checkpoints, BatchNorm statistics, the loop."""

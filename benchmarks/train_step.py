@@ -1,6 +1,6 @@
 """Training-step throughput: bilayer-jax vs the authors' PyTorch networks, side by side in one run.
 
-  python benchmarks/train_step.py --config small --batch 2 [--reference /path/to/bilayer-model] [--threads 1 2]
+  python -m benchmarks.train_step --config small --batch 2 [--reference /path/to/bilayer-model] [--threads 1 2]
 
 Both sides run stage 1 without the perceptual losses (adversarial, feature matching, L1, mask BCE), batch 2
 identities by default, on the CPU: forward of every network, the discriminator twice, one backward, one
@@ -61,8 +61,7 @@ def jax_step(size: str, batch: int):
 def reference_step(reference: str, size: str, batch: int, threads: int):
   import torch
 
-  sys.path.insert(0, str(ROOT / 'tools'))
-  import reference_parity
+  from tools import reference_parity
 
   torch.set_num_threads(threads)
   run = reference_parity.reference_training_step(reference, reference_parity.size_flags(size), batch)
@@ -110,7 +109,6 @@ def main(argv=None):
     runtime.configure_xla_cpu()  # as `bilayer-jax train` does
     print(json.dumps(worker(a)))
     return
-  sys.path.insert(0, str(ROOT))
   from bilayer_jax import runtime
 
   allocators = a.allocators or [x for x in ALLOCATORS if x != 'tcmalloc' or runtime.tcmalloc_library()]
@@ -128,10 +126,10 @@ def main(argv=None):
       if threads > os.cpu_count():
         raise SystemExit(f'--threads {threads}: this machine has {os.cpu_count()} cores')
       cpus = ','.join(str(i) for i in range(threads))
-      cmd = ['taskset', '-c', cpus, sys.executable, __file__, '--worker-threads', str(threads), '--config', a.config,
+      cmd = ['taskset', '-c', cpus, sys.executable, '-m', 'benchmarks.train_step', '--worker-threads', str(threads), '--config', a.config,
              '--batch', str(a.batch), '--steps', str(a.steps)] + (['--reference', a.reference] if a.reference else [])
       print(f'{allocator} malloc, {threads} thread(s):', file=sys.stderr, flush=True)
-      out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, check=True)
+      out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, check=True, cwd=ROOT)
       times = json.loads(out.stdout.strip().splitlines()[-1])
       for name, values in times.items():
         label = 'bilayer-jax (XLA, jit)' if name == 'bilayer-jax' else 'reference PyTorch (eager)'

@@ -13,7 +13,8 @@ import pathlib
 import numpy as np
 from tqdm import tqdm
 
-from bilayer_jax.faces import crop as crop_lib
+from data_pipelines.faces import crop as crop_lib
+from bilayer_jax.images import to_uint8
 
 
 @dataclasses.dataclass
@@ -104,7 +105,7 @@ def animate(model, photo: np.ndarray, frames, out_path, backend, fps: float = 25
 
   if render_backend == 'tflite':
     # An exported graph holds one avatar: it must have been exported from this same photo.
-    from bilayer_jax.export.tflite import TFLiteFrame
+    from bilayer_jax.export.interpreter import TFLiteFrame
     if not tflite_path:
       raise ValueError('--backend tflite needs --tflite PATH (model_fp32.tflite or model_fp16.tflite from export)')
     interpreter = TFLiteFrame(pathlib.Path(tflite_path).read_bytes())
@@ -122,7 +123,7 @@ def animate(model, photo: np.ndarray, frames, out_path, backend, fps: float = 25
     for i in tqdm(range(0, len(frames), batch_size), desc='render', disable=not progress):
       images = render(keypoints[i:i + batch_size])
       for j, image in enumerate(images):
-        out = ((np.clip(image, -1, 1) + 1) * 127.5).round().astype(np.uint8)
+        out = to_uint8(image)
         if side_by_side:
           driver = crop_lib.crop_image(np.ascontiguousarray(frames[i + j]), boxes[i + j], size)
           out = np.concatenate([driver, out], axis=1)

@@ -17,7 +17,7 @@ import numpy as np
 from bilayer_jax import checkpoint as checkpoint_lib
 from bilayer_jax import config as config_lib
 from bilayer_jax import model as model_lib
-from bilayer_jax.faces.stickman import draw_stickmen
+from data_pipelines.faces.stickman import draw_stickmen
 
 # Inputs slightly outside [-1, 1] (resampling overshoot) are fine; far outside is a wrong range.
 RANGE_TOLERANCE = 0.05

@@ -84,8 +84,8 @@ def cmd_train(args, overrides) -> int:
 def cmd_animate(args) -> int:
   import bilayer_jax
   from bilayer_jax import animate
-  from bilayer_jax.faces import landmarks
-  from bilayer_jax.faces.crop import NoFaceError
+  from data_pipelines.faces import landmarks
+  from data_pipelines.faces.crop import NoFaceError
 
   try:
     model = bilayer_jax.load(args.checkpoint)
@@ -119,8 +119,8 @@ def cmd_export(args) -> int:
 
   from bilayer_jax import animate
   from bilayer_jax.export import tflite
-  from bilayer_jax.faces import crop as crop_lib
-  from bilayer_jax.faces import landmarks
+  from data_pipelines.faces import crop as crop_lib
+  from data_pipelines.faces import landmarks
 
   try:
     import bilayer_jax

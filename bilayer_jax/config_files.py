@@ -7,6 +7,7 @@ A config is named by `SPEC[:ARG]`:
   ARG   one meaning everywhere: comma-separated options, handed to `get_config` as one string; each config's
         docstring lists the options it takes and it rejects any other (`parse_options`).
 
+The experiments import bilayer_jax; this module finds and loads them by name (importlib) and imports none.
 The loaded ConfigDict is locked: an override of a field that does not exist fails instead of adding it.
 """
 from __future__ import annotations
@@ -62,8 +63,12 @@ def _module(spec: str):
 
 
 def packaged_names() -> list[str]:
-  import experiments
-  return sorted(p.stem for p in pathlib.Path(experiments.__file__).parent.glob('*.py') if p.stem != '__init__')
+  # Found, not imported: the experiments import bilayer_jax, and bilayer_jax only loads them by name.
+  spec = importlib.util.find_spec('experiments')
+  if spec is None or not spec.submodule_search_locations:
+    return []
+  folder = pathlib.Path(list(spec.submodule_search_locations)[0])
+  return sorted(p.stem for p in folder.glob('*.py') if p.stem != '__init__')
 
 
 def load(spec: str) -> ml_collections.ConfigDict:

@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from bilayer_jax.images import to_uint8
+
 HELD_OUT = range(100, 120)
 TRAIN_FRAMES = 100
 NUM_PSEUDO_VIDEOS = 10
@@ -74,7 +76,7 @@ def write_training_frames(frames, raw_dir: pathlib.Path) -> None:
 
 def grid(rows) -> np.ndarray:
   """Rows of [-1, 1] images -> one uint8 image."""
-  return ((np.clip(np.concatenate([np.concatenate(list(r), 1) for r in rows], 0), -1, 1) + 1) * 127.5).round().astype(np.uint8)
+  return to_uint8(np.concatenate([np.concatenate(list(r), 1) for r in rows], 0))
 
 
 def save_image(path, image_u8) -> None:
@@ -111,8 +113,8 @@ def loss_curves(history, path, before=None) -> None:
 
 def run(out_dir='demo_out', minutes: float = 14.0, steps: int | None = None, progress: bool = True) -> dict:
   from bilayer_jax import animate, metrics
-  from bilayer_jax.faces import crop as crop_lib
-  from bilayer_jax.faces import landmarks
+  from data_pipelines.faces import crop as crop_lib
+  from data_pipelines.faces import landmarks
 
   out = pathlib.Path(out_dir).absolute()
   out.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ class Scorer:
     self.lpips_params = lpips_params if lpips_params is not None else metrics.load_lpips_params()
     self.identity_name = identity
     self.embedder = metrics.DlibFaceEmbedder() if identity == 'dlib' else None
-    self.landmarks = landmarks if landmarks is not None else metrics.DlibLandmarks(68)
+    self.landmarks = landmarks if landmarks is not None else metrics.DlibLandmarks(upsample=(1,))
 
   def pairs(self, fake, real, source=None) -> dict:
     """Metrics of generated vs real frames (float [-1, 1], (N, S, S, 3))."""

@@ -24,7 +24,7 @@ from bilayer_jax.avatar.identity_embedder import IdentityEmbedder, embedder_inpu
 from bilayer_jax.avatar.projectors import Projector, generator_adaptive_params
 from bilayer_jax.avatar.texture_enhancer import EnhancerNetwork, enhance_texture
 from bilayer_jax.avatar.texture_generator import TextureGenerator
-from bilayer_jax.discriminator import Discriminator
+from bilayer_jax.train.discriminator import Discriminator
 from bilayer_jax.frame.inference_generator import InferenceGenerator
 from bilayer_jax.frame.keypoints_embedder import KeypointsEmbedder
 from bilayer_jax.nn.layers import EVAL, Mode, kernel_to_matrix

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from bilayer_jax.faces import crop as crop_lib
+from data_pipelines.faces import crop as crop_lib
 from data_pipelines import media
 from data_pipelines.config import Config
 
@@ -64,7 +64,7 @@ class Extractor:
   @property
   def landmarks(self):
     if self._landmarks is None:
-      from bilayer_jax.faces import landmarks
+      from data_pipelines.faces import landmarks
 
       self._landmarks = landmarks.make_backend(self.config.landmarks)
     return self._landmarks
@@ -72,7 +72,7 @@ class Extractor:
   @property
   def segmenter(self):
     if self._segmenter is None:
-      from bilayer_jax.faces import segmentation
+      from data_pipelines.faces import segmentation
 
       if self.config.segmenter == 'selfie':
         self._segmenter = segmentation.SelfieSegmenter(self.config.selfie_model)

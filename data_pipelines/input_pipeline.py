@@ -23,7 +23,7 @@ Frame sampling per video of L frames (n + t frames per element, sources first):
 Batch structure (b = per-host batch, n / t = source / target frames, S = image_size):
   source_image      (b, n, S, S, 3) float32 in [-1, 1]
   source_keypoints  (b, n, 68, 2)   float32 in [-1, 1] crop coordinates (x, y)
-  source_stickman   (b, n, S, S, 3) float32 in [-1, 1], bilayer_jax.faces.stickman (spec 7.3)
+  source_stickman   (b, n, S, S, 3) float32 in [-1, 1], data_pipelines.faces.stickman (spec 7.3)
   source_mask       (b, n, S, S, 1) float32 in [0, 1]
   source_frame      (b, n)          int32, position of the frame in the video's stored frame list
   target_image, target_keypoints, target_stickman, target_mask, target_frame: the same with t
@@ -41,7 +41,7 @@ from typing import Optional
 
 import numpy as np
 
-from bilayer_jax.faces.stickman import draw_stickmen
+from data_pipelines.faces.stickman import draw_stickmen
 from data_pipelines import records
 
 SAMPLINGS = ('uniform', 'weyl', 'fixed')

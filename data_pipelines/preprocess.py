@@ -96,7 +96,7 @@ def _describe_mismatch(old: dict, new: dict) -> str:
 
 def _check_models(config: Config):
   """Fail before starting workers when a model file is missing (instead of skipping every video)."""
-  from bilayer_jax.faces import landmarks, segmentation
+  from data_pipelines.faces import landmarks, segmentation
 
   landmarks.make_backend(config.landmarks)
   if config.segmenter == 'selfie':

@@ -1,13 +1,11 @@
 """Shared test setup: tiny models only; paper sizes go through shapes (jax.eval_shape)."""
 import pathlib
-import sys
 
 import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / 'tests' / 'fixtures'
-sys.path.insert(0, str(ROOT / 'tools'))
 
 
 @pytest.fixture(scope='session')

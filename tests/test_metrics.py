@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from bilayer_jax.losses import vgg
-from bilayer_jax.metrics import dlib_faces, identity, pose
+from bilayer_jax.metrics import arcface_csim, dlib_identity, pose
+from data_pipelines.faces import landmarks as landmarks_lib
 from bilayer_jax.metrics.lpips import LPIPS_SCALE, LPIPS_SHIFT, load_params, lpips
 from bilayer_jax.metrics.psnr import psnr
 from bilayer_jax.metrics.ssim import ssim
@@ -44,7 +45,7 @@ def to_float(frames):
 @pytest.fixture(scope='module')
 def landmarks68():
   pytest.importorskip('dlib')
-  return dlib_faces.DlibLandmarks(68)
+  return landmarks_lib.DlibLandmarks(upsample=(1,))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -171,20 +172,20 @@ def test_lpips_on_the_clip(clip, lpips_params):
 
 def test_similarity_transform_equals_skimage(rng):
   transform = pytest.importorskip('skimage.transform')
-  src = identity.ARCFACE_TEMPLATE_112.astype(np.float64)
+  src = arcface_csim.ARCFACE_TEMPLATE_112.astype(np.float64)
   for _ in range(3):
     angle, s = rng.uniform(-0.5, 0.5), rng.uniform(0.5, 3)
     dst = s * src @ np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]]) + rng.uniform(0, 50, 2)
     dst = dst + rng.normal(0, 2, dst.shape)
     expected = transform.SimilarityTransform.from_estimate(src, dst).params[:2]
-    np.testing.assert_allclose(identity.similarity_transform(src.astype(np.float32), dst.astype(np.float32)),
+    np.testing.assert_allclose(arcface_csim.similarity_transform(src.astype(np.float32), dst.astype(np.float32)),
                                expected, rtol=1e-4, atol=1e-3)
 
 
 def face_keypoints(landmarks68, frame):
   points = landmarks68(frame)
   assert points is not None, 'dlib finds the face in this frame'
-  return dlib_faces.to_crop_coordinates(points, frame.shape[1], frame.shape[0])
+  return landmarks_lib.to_crop_coordinates(points, frame.shape[1], frame.shape[0])
 
 
 def test_alignment_equals_affine_grid_and_grid_sample(clip, landmarks68):
@@ -194,19 +195,19 @@ def test_alignment_equals_affine_grid_and_grid_sample(clip, landmarks68):
   frame = clip[0][30]
   h, w = frame.shape[:2]
   keypoints = face_keypoints(landmarks68, frame)
-  five = np.asarray(identity.five_points(keypoints))
+  five = np.asarray(arcface_csim.five_points(keypoints))
   pixels = (five + 1) / 2 * [w, h]
-  a = transform.SimilarityTransform.from_estimate(identity.ARCFACE_TEMPLATE_112, pixels).params
+  a = transform.SimilarityTransform.from_estimate(arcface_csim.ARCFACE_TEMPLATE_112, pixels).params
   # output pixel j at normalized (2j + 1) / 112 - 1 sits at template coordinate j + 0.5 = (x_n + 1) * 56
   theta = np.array([[a[0, 0] * 112 / w, a[0, 1] * 112 / w, (a[0, 0] + a[0, 1]) * 112 / w + 2 * a[0, 2] / w - 1],
                     [a[1, 0] * 112 / h, a[1, 1] * 112 / h, (a[1, 0] + a[1, 1]) * 112 / h + 2 * a[1, 2] / h - 1]])
   image = torch.from_numpy(to_float(frame)[None].transpose(0, 3, 1, 2).copy())
   grid = torch.nn.functional.affine_grid(torch.from_numpy(theta[None]).float(), (1, 3, 112, 112), align_corners=False)
   expected = torch.nn.functional.grid_sample(image, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
-  ours = identity.align_faces(to_float(frame)[None], keypoints[None])
+  ours = arcface_csim.align_faces(to_float(frame)[None], keypoints[None])
   np.testing.assert_allclose(ours[0], expected[0].numpy().transpose(1, 2, 0), atol=2e-4)
   # the template lands on the eyes, nose and mouth: the fitted transform leaves small residuals
-  residual = np.linalg.norm(pixels - identity.ARCFACE_TEMPLATE_112 @ a[:2, :2].T - a[:2, 2], axis=-1)
+  residual = np.linalg.norm(pixels - arcface_csim.ARCFACE_TEMPLATE_112 @ a[:2, :2].T - a[:2, 2], axis=-1)
   assert residual.max() < 4
 
 
@@ -277,21 +278,21 @@ def torch_embed(model, faces_nhwc):
 
 
 def test_ir_se_50_matches_torch(clip, landmarks68):
-  model = torch_ir_se(identity.IR50_UNITS)
+  model = torch_ir_se(arcface_csim.IR50_UNITS)
   state = {k: v.numpy() for k, v in model.state_dict().items()}
   assert len([k for k in state if k.startswith('body.') and k.endswith('fc1.weight')]) == 24
-  variables = identity.load_arcface_ir_se(state)
+  variables = arcface_csim.load_arcface_ir_se(state)
   frames = to_float(clip[0][[0, 40]])
   keypoints = np.stack([face_keypoints(landmarks68, f) for f in clip[0][[0, 40]]])
-  faces = np.asarray(identity.align_faces(frames, keypoints))
+  faces = np.asarray(arcface_csim.align_faces(frames, keypoints))
   expected = torch_embed(model, faces)
-  ours = np.asarray(identity.arcface_embeddings(variables, frames, keypoints))
+  ours = np.asarray(arcface_csim.arcface_embeddings(variables, frames, keypoints))
   assert ours.shape == (2, 512)
   np.testing.assert_allclose(ours, expected, atol=1e-5)
   # identical inputs: CSIM 1; the compressed frames: less (by little: this random network knows no faces)
-  assert abs(float(identity.csim(variables, frames, frames, keypoints)) - 1) < 1e-5
+  assert abs(float(arcface_csim.csim(variables, frames, frames, keypoints)) - 1) < 1e-5
   distorted = to_float(clip[1][[0, 40]])
-  per_image = np.asarray(identity.csim(variables, distorted, frames, keypoints, reduce=False))
+  per_image = np.asarray(arcface_csim.csim(variables, distorted, frames, keypoints, reduce=False))
   assert per_image.shape == (2,) and np.all(per_image < 1 - 1e-4)
 
 
@@ -301,21 +302,21 @@ def test_ir_se_loader_reads_a_pth_file_and_refuses_wrong_ones(tmp_path):
   model = torch_ir_se(units, seed=1)
   path = tmp_path / 'model_ir_se_small.pth'
   torch.save(model.state_dict(), path)
-  variables = identity.load_arcface_ir_se(path, units)
+  variables = arcface_csim.load_arcface_ir_se(path, units)
   faces = np.random.default_rng(0).uniform(-1, 1, (2, 112, 112, 3)).astype(np.float32)
-  ours = identity.IRSEBackbone(units).apply(variables, faces)
+  ours = arcface_csim.IRSEBackbone(units).apply(variables, faces)
   np.testing.assert_allclose(ours, torch_embed(model, faces), atol=1e-5)
   state = {k: v.numpy() for k, v in model.state_dict().items()}
   with pytest.raises(ValueError, match='missing body.5'):
-    identity.load_arcface_ir_se(state, (1, 2, 1, 2))
+    arcface_csim.load_arcface_ir_se(state, (1, 2, 1, 2))
   with pytest.raises(ValueError, match='missing body.2.shortcut_layer.*unexpected body.4'):
-    identity.load_arcface_ir_se(state, (1, 1, 1, 1))
+    arcface_csim.load_arcface_ir_se(state, (1, 1, 1, 1))
   with pytest.raises(ValueError, match='output_layer.3.weight'):
-    identity.load_arcface_ir_se({**state, 'output_layer.3.weight': state['output_layer.3.weight'][:, :10]}, units)
+    arcface_csim.load_arcface_ir_se({**state, 'output_layer.3.weight': state['output_layer.3.weight'][:, :10]}, units)
   with pytest.raises(ValueError, match='unexpected module.body.0.*prefix'):
-    identity.load_arcface_ir_se({f'module.{k}': v for k, v in state.items()}, units)
+    arcface_csim.load_arcface_ir_se({f'module.{k}': v for k, v in state.items()}, units)
   with pytest.raises(ValueError, match='112, 112, 3'):
-    identity.IRSEBackbone(units).apply(variables, faces[:, :96, :96])
+    arcface_csim.IRSEBackbone(units).apply(variables, faces[:, :96, :96])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -325,34 +326,34 @@ def test_ir_se_loader_reads_a_pth_file_and_refuses_wrong_ones(tmp_path):
 @pytest.fixture(scope='module')
 def embedder():
   pytest.importorskip('dlib')
-  return identity.DlibFaceEmbedder()
+  return dlib_identity.DlibFaceEmbedder()
 
 
 def test_dlib_embedding_same_person_scores_higher_than_different_people(clip, embedder):
   data = pytest.importorskip('skimage.data')
   astronaut = data.astronaut()
   clean = clip[0]
-  same = identity.dlib_embedding_cosine(embedder, [clean[0], clean[0], clean[30]], [clean[30], clean[60], clean[90]],
+  same = dlib_identity.dlib_embedding_cosine(embedder, [clean[0], clean[0], clean[30]], [clean[30], clean[60], clean[90]],
                                         same_alignment=False)
-  different = identity.dlib_embedding_cosine(embedder, [astronaut] * 3, [clean[30], clean[60], clean[90]],
+  different = dlib_identity.dlib_embedding_cosine(embedder, [astronaut] * 3, [clean[30], clean[60], clean[90]],
                                              same_alignment=False)
   assert same.skipped == different.skipped == 0
   assert same.per_pair.min() > 0.93 and different.per_pair.max() < 0.88
   assert same.per_pair.min() > different.per_pair.max() + 0.05
-  identical = identity.dlib_embedding_cosine(embedder, [clean[10]], [clean[10]])
+  identical = dlib_identity.dlib_embedding_cosine(embedder, [clean[10]], [clean[10]])
   assert abs(identical.mean - 1) < 1e-5
   assert embedder.name == 'dlib-embedding cosine'
   with pytest.raises(ValueError, match='one size'):
-    identity.dlib_embedding_cosine(embedder, [astronaut], [clean[0]])
+    dlib_identity.dlib_embedding_cosine(embedder, [astronaut], [clean[0]])
 
 
 def test_dlib_embedding_on_compressed_frames_and_skips(clip, embedder, caplog):
   clean, distorted = clip
   # HOG does not find the face in the compressed frames: aligned with the clean frame's face instead
-  scored = identity.dlib_embedding_cosine(embedder, list(distorted[::30]), list(clean[::30]))
+  scored = dlib_identity.dlib_embedding_cosine(embedder, list(distorted[::30]), list(clean[::30]))
   assert scored.skipped == 0 and 0.8 < scored.mean < 0.97
   with caplog.at_level(logging.WARNING):
-    skipped = identity.dlib_embedding_cosine(embedder, list(distorted[::30]), list(clean[::30]), same_alignment=False)
+    skipped = dlib_identity.dlib_embedding_cosine(embedder, list(distorted[::30]), list(clean[::30]), same_alignment=False)
   assert skipped.skipped == 4 and np.isnan(skipped.mean) and 'skipped' in caplog.text
   # given landmarks replace detection
   points = embedder.landmarks(clean[0])

@@ -43,7 +43,7 @@ def run(site, cwd, *args, timeout=900):
 def test_the_wheel_holds_every_package_the_commands_use(wheel_site):
   _, names = wheel_site
   for wanted in ('bilayer_jax/cli.py', 'bilayer_jax/train/__init__.py', 'bilayer_jax/train/loop.py',
-                 'bilayer_jax/config_files.py', 'bilayer_jax/faces/assets/selfie_segmentation.tflite',
+                 'bilayer_jax/config_files.py', 'data_pipelines/faces/assets/selfie_segmentation.tflite',
                  'experiments/__init__.py', 'experiments/tiny_cpu.py', 'experiments/base_model.py',
                  'data_pipelines/preprocess.py', 'data_pipelines/input_pipeline.py'):
     assert wanted in names, f'{wanted} is not in the wheel'

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip('torch')
-import reference_parity  # noqa: E402  (tools/, put on sys.path by conftest)
+from tools import reference_parity  # noqa: E402  (the checkout's root is on the path: setup.cfg's pythonpath)
 
 from conftest import FIXTURES  # noqa: E402
 

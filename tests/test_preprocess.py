@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bilayer_jax.faces import crop as crop_lib
-from bilayer_jax.faces import segmentation
+from data_pipelines.faces import crop as crop_lib
+from data_pipelines.faces import segmentation
 from data_pipelines import media, preprocess, records, tfds_builder
 from data_pipelines.config import Config
 from data_pipelines.extract import DROPS, select_frames

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from bilayer_jax.faces.stickman import GROUPS_68, draw_stickman, draw_stickmen, keypoints_to_pixels
+from data_pipelines.faces.stickman import GROUPS_68, draw_stickman, draw_stickmen, keypoints_to_pixels
 
 BACKGROUND = 1 / 255 * 2 - 1
 

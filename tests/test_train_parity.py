@@ -18,12 +18,11 @@ pytest.importorskip('torch')
 
 from conftest import FIXTURES, ROOT  # noqa: E402
 
-TOOL = ROOT / 'tools' / 'reference_train_parity.py'
 FIXTURE = FIXTURES / 'train_parity'
 
 
 def run_tool(*args, timeout=900):
-  result = subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True, timeout=timeout,
+  result = subprocess.run([sys.executable, '-m', 'tools.reference_train_parity', *args], capture_output=True, text=True, timeout=timeout,
                           cwd=ROOT)
   return result.returncode, result.stdout + result.stderr
 

@@ -3,9 +3,9 @@ GAN unhealthy (issue: G gets worse while D wins). Each variant trains from the s
 carphone clip the demo preprocesses, for the same number of steps; the per-step losses and GAN-health
 metrics go to OUT/VARIANT.json and one comparison plot to OUT/ablations.png.
 
-  python tools/gan_ablations.py --out ablations --steps 150 \
+  python -m tools.gan_ablations --out ablations --steps 150 \
       --variants masked masked_no_gan masked_no_per masked_no_fm demo     # benchmarks/results/gan_ablations*
-  python tools/gan_ablations.py --list
+  python -m tools.gan_ablations --list
 
 A variant whose OUT/VARIANT.json exists is not trained again (delete the file to rerun it).
 

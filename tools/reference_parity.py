@@ -8,7 +8,7 @@ nothing of it is copied here. For a set of flags and a seed it:
   3. runs the reference pipeline in eval mode (as its InferenceWrapper does: no masks applied to outputs,
      enhancer on) on random inputs and saves inputs and outputs to an .npz (NHWC, our names).
 
-  python tools/reference_parity.py --reference /path/to/bilayer-model --out DIR --size tiny --seed 3 \
+  python -m tools.reference_parity --reference /path/to/bilayer-model --out DIR --size tiny --seed 3 \
       [--set inf_num_channels=8 ...] [--no-spectral-norm texture_enhancer]
 
 tests/test_parity.py uses the committed fixtures and, when BILAYER_REFERENCE is set, makes fresh ones.
@@ -23,8 +23,7 @@ import sys
 
 import numpy as np
 
-REFERENCE_NETWORKS = ('identity_embedder', 'texture_generator', 'keypoints_embedder', 'inference_generator',
-                      'texture_enhancer', 'discriminator')
+from bilayer_jax.config import REFERENCE_NETWORKS
 
 
 @contextlib.contextmanager
@@ -234,7 +233,7 @@ def compare(run_dir, golden: dict) -> dict[str, float]:
   import bilayer_jax
   from bilayer_jax import model as model_lib
   from bilayer_jax.avatar.identity_embedder import embedder_inputs
-  from bilayer_jax.faces.stickman import draw_stickmen
+  from data_pipelines.faces.stickman import draw_stickmen
   from bilayer_jax.interop import torch_checkpoint
 
   config, variables = torch_checkpoint.import_run(run_dir)

@@ -27,9 +27,9 @@ largest gradient (max |ours - theirs| / network max <= 1e-4); after Adam, which 
 magnitude and so turns round-off into steps of up to lr, such tensors must agree to 2 lr. They are counted
 in the output. Weights that get no gradient at all in the reference (spec Q8) must get exactly zero here.
 
-  python tools/reference_train_parity.py --reference /path/to/bilayer-model --size tiny --seed 3
-  python tools/reference_train_parity.py --reference PATH --size small --seed 1 --batch 2
-  python tools/reference_train_parity.py --reference PATH --size fixture_a --seed 0 --write-fixture DIR
+  python -m tools.reference_train_parity --reference /path/to/bilayer-model --size tiny --seed 3
+  python -m tools.reference_train_parity --reference PATH --size small --seed 1 --batch 2
+  python -m tools.reference_train_parity --reference PATH --size fixture_a --seed 0 --write-fixture DIR
 
 Exit status 0 when every error is within the bound (1e-4), 1 otherwise. tests/test_train_parity.py checks a
 committed fixture written by --write-fixture (our side only: no checkout needed).
@@ -49,10 +49,7 @@ import types
 
 import numpy as np
 
-TOOLS = pathlib.Path(__file__).resolve().parent
-if str(TOOLS) not in sys.path:
-  sys.path.insert(0, str(TOOLS))
-import reference_parity  # noqa: E402
+from tools import reference_parity
 
 BOUND = 1e-4
 SCRIPT = 'scripts/train_base_model_8gpus.sh'

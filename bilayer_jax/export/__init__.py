@@ -1,6 +1,11 @@
-"""Export: the per-frame network of one avatar as an FP32/FP16 TFLite model for a phone GPU.
+"""Export: the per-frame network of one avatar as an FP32/FP16 TFLite model for a phone GPU, in the order
+the data flows:
 
-  fold.py        model + avatar -> FoldedFrame (plain arrays) and the per-frame JAX function over it
-  tflite.py      jax2tf trunk + TF warp -> TFLite FP32/FP16, verified against JAX, with a report
-  gpu_compat.py  reads a .tflite flatbuffer and checks it against the GPU delegate's rules
+  fold.py         model + avatar -> FoldedFrame (plain arrays) and the per-frame JAX function over it
+  warp.py         the texture warp in TensorFlow (GATHER of texel patches, exact when a GPU computes in FP16)
+  convert.py      jax2tf trunk + warp -> one tf.function -> TFLite FP32 and FP16 bytes
+  gpu_compat.py   reads a .tflite flatbuffer and checks it against the GPU delegate's rules
+  accuracy.py     the files in the interpreter against model.render (and an FP16-arithmetic emulation)
+  interpreter.py  running .tflite files: one frame per call, latency (also animate's TFLite renderer)
+  tflite.py       the export job: all of the above for one avatar or checkpoint, report.json
 """

@@ -1,4 +1,4 @@
-"""The project's own check of a .tflite file against the TFLite GPU delegate's rules (export, step 3 of 3).
+"""The project's own check of a .tflite file against the TFLite GPU delegate's rules (export, the GPU check).
 
   model_fp16.tflite --read_model--> operators (builtin code, version, options, tensor shapes and types)
                     --check-------> GpuVerdict(compatible, violations=[(subgraph, op index, op, reason)])

@@ -22,6 +22,7 @@ import numpy as np
 
 from bilayer_jax import checkpoint as checkpoint_lib
 from bilayer_jax import config as config_lib
+from bilayer_jax.interop.state_dict import read_state_dict
 
 # The authors' checkpoint files: each `{epoch}_{file}.pth` -> our networks it holds, and the state-dict key
 # prefix under which it holds each (the file format's names, not ours).
@@ -235,18 +236,6 @@ def leaves_with_paths(tree, path=()):
       yield path + (k,), v
 
 
-def read_state_dict(path: pathlib.Path) -> dict[str, np.ndarray]:
-  try:
-    import torch
-  except ImportError as e:
-    raise ImportError('reading PyTorch checkpoints needs torch: pip install "bilayer-jax[torch]"') from e
-  state = torch.load(path, map_location='cpu', weights_only=True)
-  if not isinstance(state, dict):
-    raise ImportError_(f'{path} does not hold a state dict')
-  return {k: v.detach().cpu().numpy().astype(np.float32) if v.is_floating_point() else v.cpu().numpy()
-          for k, v in state.items()}
-
-
 def available_epochs(run_dir) -> list[int]:
   names = [p.name for p in (pathlib.Path(run_dir) / 'checkpoints').glob('*_*.pth')]
   return sorted({int(m[1]) for n in names if (m := re.fullmatch(r'(\d+)_(.+)\.pth', n)) and m[2] in REFERENCE_FILES})
@@ -281,7 +270,8 @@ def import_run(run_dir, epoch: int | None = None, networks=None):
   for name in wanted:
     if not files[name].is_file():
       raise FileNotFoundError(f'{files[name]} not found')
-    states[name] = read_state_dict(files[name])
+    states[name] = {k: v.astype(np.float32) if v.dtype.kind == 'f' else v
+                    for k, v in read_state_dict(files[name], f'the {name} checkpoint').items()}
 
   spectral = [name for name, state in states.items() if any(k.endswith('.weight_orig') for k in state)]
   for name in states:

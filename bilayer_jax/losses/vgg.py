@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bilayer_jax.interop.state_dict import read_state_dict
+
 # torchvision's configurations 'D' (VGG16) and 'E' (VGG19): conv widths, 'M' = 2x2 pooling.
 VGG_CONFIGS = {
     16: (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M'),
@@ -126,45 +128,6 @@ def name_list(names, n=6) -> str:
   names = sorted(names, key=_natural_key)
   more = f' ... ({len(names)} in all)' if len(names) > n else ''
   return ', '.join(names[:n]) + more
-
-
-def read_state_dict(source, what: str) -> dict[str, np.ndarray]:
-  """A flat {name: array} from a PyTorch state-dict file, an .npz file, or a mapping of arrays.
-
-  .pth/.pt files are read with `torch.load(weights_only=True)` (no pickled code runs); torch is needed
-  only for them. `what` names the expected weights in error messages.
-  """
-  if isinstance(source, Mapping):
-    items = source
-  else:
-    path = pathlib.Path(source)
-    if not path.is_file():
-      raise FileNotFoundError(f'{what}: no such file {path}')
-    if path.suffix == '.npz':
-      with np.load(path, allow_pickle=False) as f:
-        items = dict(f)
-    else:
-      try:
-        import torch
-      except ImportError as e:
-        raise ImportError(f'{what}: reading {path.name} needs torch (pip install bilayer-jax[torch]); '
-                          'or pass a dict of numpy arrays / an .npz file with the same keys') from e
-      try:
-        items = torch.load(path, map_location='cpu', weights_only=True)
-      except Exception as e:
-        raise ValueError(f'{what}: {path} is not a PyTorch state dict that torch.load(weights_only=True) '
-                         f'can read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})') from e
-      if not isinstance(items, Mapping):
-        raise ValueError(f'{what}: {path} holds a {type(items).__name__}, not a state dict')
-  state = {}
-  for key, value in items.items():
-    if hasattr(value, 'detach'):
-      value = value.detach().cpu().numpy()
-    if not isinstance(value, np.ndarray) or value.dtype.kind not in 'fiub':
-      raise ValueError(f'{what}: entry {key!r} is a {type(value).__name__}, not a numeric array '
-                       '(expected a flat state dict of tensors)')
-    state[str(key)] = value
-  return state
 
 
 def vgg_params_from_state_dict(state: Mapping[str, np.ndarray], depth: int, what: str) -> dict:

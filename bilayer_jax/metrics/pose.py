@@ -3,7 +3,7 @@
 Landmarks are detected on the generated and on the real frame; the error is the mean Euclidean distance
 between corresponding landmarks divided by the real frame's inter-ocular distance (between the centroids
 of landmarks 36-41 and 42-47). The landmark detector is passed in: any callable from a uint8 RGB frame to
-(68, 2) coordinates, or None when it finds no face - `dlib_faces.DlibLandmarks` offline, face-alignment
+(68, 2) coordinates, or None when it finds no face - `data_pipelines.faces.landmarks.DlibLandmarks` offline, face-alignment
 (the authors' choice) where its weights are installed.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from bilayer_jax.metrics.dlib_faces import to_uint8
+from bilayer_jax.images import to_uint8
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import itertools
 import jax
 import numpy as np
 
-from bilayer_jax.faces.stickman import draw_stickmen
+from data_pipelines.faces.stickman import draw_stickmen
 
 
 def synthetic_sample(seed: int, index: int, size: int) -> dict:

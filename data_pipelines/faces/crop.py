@@ -139,7 +139,7 @@ def prepare_face(image: np.ndarray, landmarks_backend, size: int = 256) -> dict:
   [-1, 1], box (left, top, right, bottom) in photo pixels, landmarks (68, 2) in photo pixels.
 
   `landmarks_backend` is any object with `detect(uint8 RGB image) -> (68, 2) pixels or None`
-  (bilayer_jax.faces.landmarks). Raises NoFaceError when it finds no face.
+  (data_pipelines.faces.landmarks). Raises NoFaceError when it finds no face.
   """
   image = np.asarray(image)
   if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:

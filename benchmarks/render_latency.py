@@ -81,7 +81,7 @@ def worker_reference(work: pathlib.Path, threads: int, runs: int, reference: str
 
   torch.set_num_threads(threads)
   channels = config_lib.plans(config_lib.get_config(config_size))['identity_embedder']['decoder']
-  render = reference_parity.reference_frame_path(reference, reference_parity.size_flags(config_size), channels,
+  render = reference_parity.reference_frame_path(reference, config_lib.flags_of(config_size), channels,
                                                  np.load(work / 'poses.npy'))
   return dict(ms=_median_ms(render, runs), torch_threads=torch.get_num_threads())
 

@@ -61,10 +61,11 @@ def jax_step(size: str, batch: int):
 def reference_step(reference: str, size: str, batch: int, threads: int):
   import torch
 
+  from bilayer_jax import config as config_lib
   from tools import reference_parity
 
   torch.set_num_threads(threads)
-  run = reference_parity.reference_training_step(reference, reference_parity.size_flags(size), batch)
+  run = reference_parity.reference_training_step(reference, config_lib.flags_of(size), batch)
   t = time.time()
   run()
   return time.time() - t, run
@@ -91,8 +92,10 @@ def worker(a) -> dict:
 
 
 def main(argv=None):
+  from bilayer_jax.config import SIZES
+
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--config', default='small', choices=['paper', 'small', 'tiny'])
+  p.add_argument('--config', default='small', choices=SIZES)
   p.add_argument('--batch', type=int, default=2)
   p.add_argument('--steps', type=int, default=7, help='timed rounds (one step of each side per round)')
   p.add_argument('--threads', type=int, nargs='*', default=[1, 2])

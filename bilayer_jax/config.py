@@ -8,7 +8,9 @@ Named sizes:
   paper  the flags of the authors' training scripts (spec section 0), 256x256.
   small  the paper's layout with a quarter of the channels, 256x256 (perf-notes.md's "small size").
   tiny   64x64 with few channels: seconds on a CPU, for tests and the quickstart demo.
-  micro  32x32, a handful of channels: training-step tests that compile many times.
+  micro  32x32, a handful of channels: training-step tests that compile many times (and parity fixture a).
+  fixture_b  64x64, a layout unlike the others (4x4 embedding, 8x8 generator inputs, 3 keypoint blocks, no
+         harmonics): parity fixture b, to catch layout slips the regular sizes share.
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ import math
 
 import ml_collections
 
-SIZES = ('paper', 'small', 'tiny', 'micro')
 
 # Flags that change the networks; everything else in an args.txt is about training or data.
 NETWORK_FLAGS = (
@@ -155,12 +156,40 @@ def micro() -> ml_collections.ConfigDict:
   return c
 
 
+def fixture_b() -> ml_collections.ConfigDict:
+  c = micro()
+  c.size = 'fixture_b'
+  c.image_size = 64
+  c.emb_output_tensor_size = 4
+  c.tex_input_tensor_size = c.inf_input_tensor_size = 8
+  c.inf_num_channels, c.inf_max_channels = 4, 16
+  c.pse_num_channels, c.pse_num_blocks, c.pse_use_harmonic_enc = 24, 3, False
+  c.dis_max_channels, c.dis_num_blocks, c.dis_output_tensor_size = 8, 5, 4
+  c.enh_unrolling_depth = 2
+  return c
+
+
+# The one table of named sizes: tools, benchmarks, tests and the reference flags (flags_of) derive from it.
+MAKERS = {'paper': paper, 'small': small, 'tiny': tiny, 'micro': micro, 'fixture_b': fixture_b}
+SIZES = tuple(MAKERS)
+# Flags whose paper values the authors' scripts set (the reference's defaults differ); with every flag where
+# a size departs from the paper, they are the command line that builds that size in the reference.
+SCRIPT_FLAGS = ('image_size', 'emb_norm_layer_type', 'tex_norm_layer_type', 'inf_norm_layer_type',
+                'dis_norm_layer_type', 'inf_num_channels', 'inf_max_channels', 'pse_use_harmonic_enc',
+                'inf_pred_segmentation')
+
+
+def flags_of(size: str) -> dict:
+  """The authors' network flags that build our named size in their code (our fields are their flags)."""
+  config, paper_config = get_config(size), get_config('paper')
+  return {k: config[k] for k in NETWORK_FLAGS if k in SCRIPT_FLAGS or config[k] != paper_config[k]}
+
+
 def get_config(size: str = 'paper') -> ml_collections.ConfigDict:
   """A named model size (see the module docstring)."""
-  makers = {'paper': paper, 'small': small, 'tiny': tiny, 'micro': micro}
-  if size not in makers:
-    raise ValueError(f'unknown model size {size!r}; expected one of {sorted(makers)}')
-  config = makers[size]()
+  if size not in MAKERS:
+    raise ValueError(f'unknown model size {size!r}; expected one of {list(MAKERS)}')
+  config = MAKERS[size]()
   validate(config)
   return config
 

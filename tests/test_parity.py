@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip('torch')
+from bilayer_jax import config as config_lib  # noqa: E402
 from tools import reference_parity  # noqa: E402  (the checkout's root is on the path: setup.cfg's pythonpath)
 
 from conftest import FIXTURES  # noqa: E402
@@ -39,7 +40,7 @@ needs_reference = pytest.mark.skipif(not REFERENCE, reason='set BILAYER_REFERENC
 
 FRESH = [
     ('tiny', 21, {}, ()),
-    ('fixture_a', 22, dict(inf_num_channels=4, inf_max_channels=16,
+    ('micro', 22, dict(inf_num_channels=4, inf_max_channels=16,
                            pse_num_blocks=2), ('discriminator',)),
     ('fixture_b', 23, dict(pse_use_harmonic_enc=True, pse_num_harmonics=2, enh_unrolling_depth=3,
                            enh_guiding_rgb_loss_type='l1'), ()),
@@ -50,7 +51,7 @@ FRESH = [
 @pytest.mark.reference
 @pytest.mark.parametrize('size,seed,extra,no_sn', FRESH)
 def test_fresh_reference_run(tmp_path, size, seed, extra, no_sn):
-  flags = {**reference_parity.PAPER_FLAGS, **reference_parity.FLAG_SIZES[size], **extra}
+  flags = {**config_lib.flags_of(size), **extra}
   golden = reference_parity.make_reference_run(REFERENCE, tmp_path / 'run', flags, seed, no_spectral_norm=no_sn)
   check(tmp_path / 'run', golden)
 
@@ -59,6 +60,6 @@ def test_fresh_reference_run(tmp_path, size, seed, extra, no_sn):
 @pytest.mark.reference
 @pytest.mark.slow
 def test_paper_size_reference_run(tmp_path):
-  flags = {**reference_parity.PAPER_FLAGS, **reference_parity.FLAG_SIZES['paper']}
+  flags = config_lib.flags_of('paper')
   golden = reference_parity.make_reference_run(REFERENCE, tmp_path / 'run', flags, seed=5)
   check(tmp_path / 'run', golden)

@@ -8,7 +8,6 @@ dropped term must fail the comparison. With BILAYER_REFERENCE=/path/to/bilayer-m
 are taken at other sizes and seeds.
 """
 import os
-import pathlib
 import subprocess
 import sys
 

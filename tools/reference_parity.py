@@ -23,6 +23,7 @@ import sys
 
 import numpy as np
 
+from bilayer_jax import config as config_lib
 from bilayer_jax.config import REFERENCE_NETWORKS
 
 
@@ -167,29 +168,6 @@ def _not_image(key: str) -> bool:
   return key.endswith('poses') or key.endswith('uvs')
 
 
-FLAG_SIZES = {
-    # Reference flags for our named sizes (the paper's are the reference defaults plus the scripts' values).
-    'tiny': dict(image_size=64, emb_num_channels=8, emb_max_channels=32, tex_num_channels=8, tex_max_channels=32,
-                 inf_num_channels=4, inf_max_channels=16, pse_num_channels=32, dis_num_channels=8,
-                 dis_max_channels=32, enh_num_channels=8, enh_max_channels=16, enh_bottleneck_tensor_size=32,
-                 enh_num_blocks=2),
-    'paper': dict(image_size=256, inf_num_channels=32, inf_max_channels=256),
-    # The committed test fixtures: small enough to keep in git, different enough to catch layout slips.
-    'fixture_a': dict(image_size=32, emb_num_channels=4, emb_max_channels=16, tex_num_channels=4,
-                      tex_max_channels=16, inf_num_channels=2, inf_max_channels=8, pse_num_channels=16,
-                      dis_num_channels=4, dis_max_channels=16, dis_num_blocks=3, enh_num_channels=4,
-                      enh_max_channels=8, enh_bottleneck_tensor_size=16, enh_num_blocks=1),
-    'fixture_b': dict(image_size=64, emb_num_channels=4, emb_max_channels=16, emb_output_tensor_size=4,
-                      tex_num_channels=4, tex_max_channels=16, tex_input_tensor_size=8, inf_num_channels=4,
-                      inf_max_channels=16, inf_input_tensor_size=8, pse_num_channels=24, pse_num_blocks=3,
-                      pse_use_harmonic_enc=False, dis_num_channels=4, dis_max_channels=8, dis_num_blocks=5,
-                      dis_output_tensor_size=4, enh_num_channels=4, enh_max_channels=8,
-                      enh_bottleneck_tensor_size=16, enh_num_blocks=1, enh_unrolling_depth=2),
-}
-PAPER_FLAGS = dict(emb_norm_layer_type='none', pse_use_harmonic_enc=True, inf_pred_segmentation=True,
-                   tex_norm_layer_type='ada_spade_bn', inf_norm_layer_type='ada_bn', dis_norm_layer_type='bn')
-
-
 def _parse_set(items):
   out = {}
   for item in items or ():
@@ -210,12 +188,12 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--reference', required=True, help='checkout of saic-violet/bilayer-model')
   p.add_argument('--out', required=True, help='folder for the run (run/) and golden.npz')
-  p.add_argument('--size', default='tiny', choices=sorted(FLAG_SIZES))
+  p.add_argument('--size', default='tiny', choices=config_lib.SIZES)
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--set', nargs='*', help='extra reference flags, name=value')
   p.add_argument('--no-spectral-norm', nargs='*', default=(), help='reference networks without spectral norm')
   a = p.parse_args(argv)
-  flags = {**PAPER_FLAGS, **FLAG_SIZES[a.size], **_parse_set(a.set)}
+  flags = {**config_lib.flags_of(a.size), **_parse_set(a.set)}
   out = pathlib.Path(a.out)
   golden = make_reference_run(a.reference, out / 'run', flags, a.seed, no_spectral_norm=tuple(a.no_spectral_norm))
   np.savez_compressed(out / 'golden.npz', **golden)
@@ -390,16 +368,3 @@ def reference_training_step(reference_dir, flags: dict, batch: int, seed: int = 
       o.step()
 
   return step
-
-
-def size_flags(size: str) -> dict:
-  """Reference flags of our named sizes ('small': the paper's layout with a quarter of the channels)."""
-  if size in FLAG_SIZES:
-    return {**PAPER_FLAGS, **FLAG_SIZES[size]}
-  if size == 'small':
-    flags = {**PAPER_FLAGS, **FLAG_SIZES['paper']}
-    for prefix, base, cap in (('emb', 64, 512), ('tex', 64, 512), ('inf', 32, 256), ('dis', 64, 512), ('enh', 64, 128)):
-      flags[f'{prefix}_num_channels'], flags[f'{prefix}_max_channels'] = base // 4, cap // 4
-    flags['pse_num_channels'] = 64
-    return flags
-  raise ValueError(f'no reference flags for size {size!r}')

@@ -29,7 +29,7 @@ in the output. Weights that get no gradient at all in the reference (spec Q8) mu
 
   python -m tools.reference_train_parity --reference /path/to/bilayer-model --size tiny --seed 3
   python -m tools.reference_train_parity --reference PATH --size small --seed 1 --batch 2
-  python -m tools.reference_train_parity --reference PATH --size fixture_a --seed 0 --write-fixture DIR
+  python -m tools.reference_train_parity --reference PATH --size micro --seed 0 --write-fixture DIR
 
 Exit status 0 when every error is within the bound (1e-4), 1 otherwise. tests/test_train_parity.py checks a
 committed fixture written by --write-fixture (our side only: no checkout needed).
@@ -49,6 +49,7 @@ import types
 
 import numpy as np
 
+from bilayer_jax import config as config_lib
 from tools import reference_parity
 
 BOUND = 1e-4
@@ -263,7 +264,7 @@ def reference_step(reference_dir, run_dir, size: str, seed: int, batch: int, war
     for k in [k for k in sys.modules if k.startswith('losses.')]:
       del sys.modules[k]
     ds_utils = importlib.import_module('datasets.utils')
-    args = reference_runner_args(reference_dir, reference_parity.size_flags(size), project_dir, batch)
+    args = reference_runner_args(reference_dir, config_lib.flags_of(size), project_dir, batch)
     torch.manual_seed(seed)
     runner = importlib.import_module('runners.default').RunnerWrapper(args, training=True)
     runner.train()
@@ -516,7 +517,7 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--reference', help='checkout of saic-violet/bilayer-model')
   p.add_argument('--fixture', help='compare with a fixture written by --write-fixture instead (no checkout)')
-  p.add_argument('--size', default='tiny', choices=['tiny', 'small', 'paper', 'fixture_a', 'fixture_b'])
+  p.add_argument('--size', default='tiny', choices=config_lib.SIZES)
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--batch', type=int, default=2, help='identities per step (one source and one target each)')
   p.add_argument('--write-fixture', metavar='DIR', help='also write the reference step as a test fixture')

@@ -143,11 +143,10 @@ def initial_state(config) -> TrainState:
   return init_state(config, initial_variables(config), config.seed)
 
 
-def train(config, workdir, progress: bool = True) -> dict:
-  """Run (or resume) training; returns a summary dict."""
-  parallel.maybe_initialize_distributed()
+def open_workdir(config, workdir, is_main: bool) -> pathlib.Path:
+  """The run's folder, created; its config.json written on a new run, or checked against this config's
+  model on a resumed one (a workdir holds one model)."""
   workdir = pathlib.Path(workdir).absolute()
-  is_main = jax.process_index() == 0
   workdir.mkdir(parents=True, exist_ok=True)
   config_path = workdir / 'config.json'
   config_json = config.to_json_best_effort(indent=2, sort_keys=True)
@@ -157,28 +156,74 @@ def train(config, workdir, progress: bool = True) -> dict:
       raise ValueError(f'{workdir} holds a run with another model config; use a new --workdir')
   elif is_main:
     config_path.write_text(config_json + '\n')
+  return workdir
 
+
+def restore_or_start(checkpointer: Checkpointer, template: TrainState, is_main: bool):
+  """(host state, input position, step) of the newest checkpoint, or of a fresh run."""
+  start = checkpointer.latest_step()
+  if start is None:
+    return template, 0, 0
+  host_state, meta = checkpointer.restore(start, template)
+  if is_main:
+    print(f'resumed from step {start} (input position {meta["input_position"]})', flush=True)
+  return host_state, int(meta['input_position']), start
+
+
+def check_finite(metrics: dict, step: int, checkpointer: Checkpointer, workdir: pathlib.Path) -> None:
+  """Raise TrainingDiverged when a loss term is NaN/Inf. Losses decide: the health metrics (norms of huge
+  updates) may overflow a step earlier."""
+  bad = [k for k, v in metrics.items() if scalar_tag(k).startswith('loss/') and not math.isfinite(v)]
+  if bad:
+    checkpointer.wait()
+    good = checkpointer.latest_step()
+    raise TrainingDiverged(f'loss {", ".join(bad)} is not finite at step {step}; stopping. The last good '
+                           f'checkpoint (step {good}) in {workdir / "checkpoints"} is intact.')
+
+
+def write_scalars(writer, metrics: dict, step: int, seconds_per_step: float, batch_size: int) -> None:
+  for k, v in metrics.items():
+    writer.scalar(scalar_tag(k), v, step)
+  writer.scalar('perf/step_time_s', seconds_per_step, step)
+  writer.scalar('perf/samples_per_s', batch_size / max(seconds_per_step, 1e-9), step)
+  writer.flush()
+
+
+def export_inference(config, variables: dict, workdir: pathlib.Path, step: int, progress: bool) -> str:
+  """Standing BatchNorm statistics (spec 5.3) of the trained variables -> workdir/inference/step_N, the
+  checkpoint bilayer_jax.load opens; an existing one is kept. Returns its path."""
+  variables = standing_statistics(config, variables, data_lib.make_batches(config, 0),
+                                  config.training.bn_stats_batches, progress)
+  if config.training.stage == 'base':
+    variables.pop('texture_enhancer', None)  # untrained in stage 1: load() users must not run it
+  out = workdir / 'inference' / f'step_{step:07d}'
+  if not out.exists():
+    checkpoint_lib.save(out, config.model.copy_and_resolve_references(), variables)
+    print(f'inference checkpoint: {out}', flush=True)
+  return str(out)
+
+
+def open_summaries(config, workdir: pathlib.Path):
+  """(TensorBoard writer, image-grid function or None) of the main process."""
+  from bilayer_jax.train.summaries import SummaryWriter
+
+  (workdir / 'images').mkdir(exist_ok=True)
+  return SummaryWriter(str(workdir / 'tensorboard')), make_image_grid(config) if config.image_every else None
+
+
+def train(config, workdir, progress: bool = True) -> dict:
+  """Run (or resume) training; returns a summary dict."""
+  parallel.maybe_initialize_distributed()
+  is_main = jax.process_index() == 0
+  workdir = open_workdir(config, workdir, is_main)
   dp = build_step(config)
   checkpointer = Checkpointer(workdir / 'checkpoints', config.checkpoint_every, config.keep_checkpoints,
                               config.async_checkpoints)
-  template = initial_state(config)
-  start = checkpointer.latest_step()
-  if start is not None:
-    host_state, meta = checkpointer.restore(start, template)
-    if is_main:
-      print(f'resumed from step {start} (input position {meta["input_position"]})', flush=True)
-    position = int(meta['input_position'])
-  else:
-    host_state, position, start = template, 0, 0
+  host_state, position, start = restore_or_start(checkpointer, initial_state(config), is_main)
   state = dp.put_state(host_state)
   batches = data_lib.make_batches(config, position)
 
-  writer = None
-  image_grid = make_image_grid(config) if is_main and config.image_every else None
-  if is_main:
-    from bilayer_jax.train.summaries import SummaryWriter
-    writer = SummaryWriter(str(workdir / 'tensorboard'))
-    (workdir / 'images').mkdir(exist_ok=True)
+  writer, image_grid = open_summaries(config, workdir) if is_main else (None, None)
 
   stop = {'signal': None}
   previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
@@ -205,13 +250,7 @@ def train(config, workdir, progress: bool = True) -> dict:
       step += 1
       position += 1
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      # Losses decide divergence; the health metrics (norms of huge updates) may overflow a step earlier.
-      bad = [k for k, v in metrics.items() if scalar_tag(k).startswith('loss/') and not math.isfinite(v)]
-      if bad:
-        checkpointer.wait()
-        good = checkpointer.latest_step()
-        raise TrainingDiverged(f'loss {", ".join(bad)} is not finite at step {step}; stopping. The last good '
-                               f'checkpoint (step {good}) in {workdir / "checkpoints"} is intact.')
+      check_finite(metrics, step, checkpointer, workdir)
       history.append((step, metrics))
       bar.update(1)
       if step % config.log_every == 0 or step == num_steps:
@@ -223,12 +262,8 @@ def train(config, workdir, progress: bool = True) -> dict:
         if warning and is_main:
           print(warning, flush=True)
         if writer is not None:
-          for k, v in metrics.items():
-            writer.scalar(scalar_tag(k), v, step)
-          writer.scalar('perf/step_time_s', seconds, step)
-          writer.scalar('perf/samples_per_s', config.training.batch_size / max(seconds, 1e-9), step)
-          writer.flush()
-      if is_main and config.image_every and (step % config.image_every == 0 or step == num_steps):
+          write_scalars(writer, metrics, step, seconds, config.training.batch_size)
+      if image_grid is not None and (step % config.image_every == 0 or step == num_steps):
         grid = image_grid(dp.get_state(state).variables, local)
         writer.image('samples', grid[None], step)
         writer.flush()
@@ -255,15 +290,6 @@ def train(config, workdir, progress: bool = True) -> dict:
 
   summary = {'step': step, 'history': history}
   if is_main and config.training.bn_stats_batches > 0:
-    host = dp.get_state(state)
-    variables = standing_statistics(config, host.variables,
-                                    data_lib.make_batches(config, 0), config.training.bn_stats_batches, progress)
-    if config.training.stage == 'base':
-      variables.pop('texture_enhancer', None)  # untrained in stage 1: load() users must not run it
-    export_config = config.model.copy_and_resolve_references()
-    out = workdir / 'inference' / f'step_{step:07d}'
-    if not out.exists():
-      checkpoint_lib.save(out, export_config, variables)
-      print(f'inference checkpoint: {out}', flush=True)
-    summary['inference_checkpoint'] = str(out)
+    summary['inference_checkpoint'] = export_inference(config, dp.get_state(state).variables, workdir, step,
+                                                       progress)
   return summary

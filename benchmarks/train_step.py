@@ -5,10 +5,10 @@
 Both sides run stage 1 without the perceptual losses (adversarial, feature matching, L1, mask BCE), batch 2
 identities by default, on the CPU: forward of every network, the discriminator twice, one backward, one
 Adam step per network. The reference side gives the discriminator its gradient (the update the authors
-intended, spec 10 B1; as published D gets none, which makes its backward cheaper).
+intended, docs/model.md B1; as published D gets none, which makes its backward cheaper).
 
 For each thread count one worker process, pinned with `taskset` to that many cores (XLA's thread flags do
-not limit it, perf-notes.md), builds both steps and then alternates them, one JAX step, one PyTorch step,
+not limit it, docs/performance.md), builds both steps and then alternates them, one JAX step, one PyTorch step,
 so that both see the same machine: on a shared 2-core VM the speed drifts by 10-30% within minutes, which
 separate runs would mistake for a difference between the implementations. The JAX side is the step
 `bilayer-jax train` compiles for one device (train/loop.py). Prints a Markdown table of median step time

@@ -1,6 +1,6 @@
 """Parameter and MAC counts of every network, from shapes alone (nothing is compiled or allocated).
 
-MACs are counted like the reference's hooks (spec 9): every conv, linear and adaptive 1x1 conv, for one
+MACs are counted like the reference's hooks (docs/model.md §9): every conv, linear and adaptive 1x1 conv, for one
 sample at the configured image size; a conv costs H_out * W_out * C_in * C_out * k^2, biases are free.
 The counting runs the real modules under `jax.eval_shape` with a Flax method interceptor, so the numbers
 follow the code (including the skip-before-upsample rewrite) rather than a separate formula.

@@ -6,7 +6,7 @@ networks never read the config themselves: `plans` turns it into plain per-netwo
 
 Named sizes:
   paper  the flags of the authors' training scripts (spec section 0), 256x256.
-  small  the paper's layout with a quarter of the channels, 256x256 (perf-notes.md's "small size").
+  small  the paper's layout with a quarter of the channels, 256x256.
   tiny   64x64 with few channels: seconds on a CPU, for tests and the quickstart demo.
   micro  32x32, a handful of channels: training-step tests that compile many times (and parity fixture a).
   fixture_b  64x64, a layout unlike the others (4x4 embedding, 8x8 generator inputs, 3 keypoint blocks, no
@@ -61,7 +61,7 @@ def paper() -> ml_collections.ConfigDict:
   c.inf_norm_layer_type = 'ada_bn'
   c.inf_skip_layer_type = 'ada_conv'
   c.inf_pred_segmentation = True
-  # keypoints embedder; harmonics on is what the authors' scripts effectively ran (spec 0, bug B4)
+  # keypoints embedder; harmonics on is what the authors' scripts effectively ran (docs/model.md §0, bug B4)
   c.pse_num_channels = 256
   c.pse_num_blocks = 4
   c.pse_in_channels = 136
@@ -87,10 +87,10 @@ def paper() -> ml_collections.ConfigDict:
   c.enh_norm_layer_type = 'none'
   # not flags of the authors: how this implementation runs the same math
   # Networks with spectral norm (W, u, v stored), in the authors' names; texture_generator and
-  # inference_generator include their projectors. Stage 2 adds the enhancer (spec 1.7).
+  # inference_generator include their projectors. Stage 2 adds the enhancer (docs/model.md §1.7).
   c.spn_networks = ('identity_embedder, texture_generator, keypoints_embedder, inference_generator, '
                     'discriminator, texture_enhancer')
-  c.align_corners = False            # texture sampling semantics (spec Q9)
+  c.align_corners = False            # texture sampling semantics (docs/model.md Q9)
   c.upsample_mode = 'resize'         # 'resize' (exports to RESIZE_NEAREST_NEIGHBOR) or 'broadcast'
   c.downsample_mode = 'reduce_window'  # 'reduce_window' (exports to AVERAGE_POOL_2D) or 'reshape'
   c.skip_before_upsample = True      # exact rewrite of the generators' adaptive skips (3.94 G per frame)

@@ -161,7 +161,7 @@ def example_inputs(config, batch: int = 1):
 
 
 def init_variables(config, seed: int = 0, networks=NETWORKS) -> Variables:
-  """Fresh variables of the given networks, drawn on the host with PyTorch's default rules (spec 1.8).
+  """Fresh variables of the given networks, drawn on the host with PyTorch's default rules (docs/model.md §1.8).
 
   Same distributions as the modules' own Flax initializers, but without tracing and compiling the
   networks (which takes minutes on a small CPU): shapes come from `variable_shapes`, values from numpy.

@@ -3,7 +3,7 @@
 XLA on the CPU allocates each step's temporaries as one large block. glibc's malloc serves blocks that large
 with a fresh mmap and unmaps them on free, so every training step page-faults its whole working set again
 (at the small size about 320,000 faults, 1.2 GB, and 0.6-1.0 s of kernel time per step on the 2-core
-machine of perf-notes.md). tcmalloc keeps freed memory for reuse: no faults after the first step, and the
+machine of docs/performance.md). tcmalloc keeps freed memory for reuse: no faults after the first step, and the
 step is 20-30% faster. It can only be chosen before the process starts (LD_PRELOAD), so the command line
 re-executes itself once with it when the library is installed (Debian/Ubuntu: libtcmalloc-minimal4).
 Without tcmalloc, a process limited to one core tells glibc's malloc to keep what it frees

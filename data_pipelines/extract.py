@@ -181,7 +181,7 @@ class Extractor:
 
   def _authors_clip(self, clip: media.Clip, wanted, result: dict):
     """Pre-cropped frames of the authors' layout: keypoints from .npy (pixels of the stored image,
-    normalised by its width as in spec 7.2), masks from segs/ when present."""
+    normalised by its width as in docs/model.md §7.2), masks from segs/ when present."""
     config, counts = self.config, result['counts']
     root = pathlib.Path(clip.path)
     for index in wanted:

@@ -16,14 +16,14 @@ global step, slot), so `start_step` resumes at any step exactly, with no state t
 
 Frame sampling per video of L frames (n + t frames per element, sources first):
   uniform  n + t distinct frames uniformly at random (repeats only if L < n + t)   [default]
-  weyl     the authors' low-discrepancy sequence (spec 7.5): frame round(c * (L - 1)) with
+  weyl     the authors' low-discrepancy sequence (docs/model.md §7.5): frame round(c * (L - 1)) with
            c <- (c + sqrt 5) mod 1 after every frame request, one sequence over the whole stream
   fixed    the authors' test rule: c restarts at 0 for every video (frames 0, round(0.236 (L - 1)), ...)
 
 Batch structure (b = per-host batch, n / t = source / target frames, S = image_size):
   source_image      (b, n, S, S, 3) float32 in [-1, 1]
   source_keypoints  (b, n, 68, 2)   float32 in [-1, 1] crop coordinates (x, y)
-  source_stickman   (b, n, S, S, 3) float32 in [-1, 1], data_pipelines.faces.stickman (spec 7.3)
+  source_stickman   (b, n, S, S, 3) float32 in [-1, 1], data_pipelines.faces.stickman (docs/model.md §7.3)
   source_mask       (b, n, S, S, 1) float32 in [0, 1]
   source_frame      (b, n)          int32, position of the frame in the video's stored frame list
   target_image, target_keypoints, target_stickman, target_mask, target_frame: the same with t
@@ -199,7 +199,7 @@ def make_tf_dataset(data_dir, split: str = 'train', global_batch: int = 8, seed:
 
   def finish(batch):
     """Per batch rather than per element: fewer, larger ops, and 8-bit pixels through the batching copy."""
-    images = (tf.cast(batch['image'], tf.float32) / 255.0 - 0.5) * 2.0  # spec 7.2: [0, 1], then [-1, 1]
+    images = (tf.cast(batch['image'], tf.float32) / 255.0 - 0.5) * 2.0  # docs/model.md §7.2: [0, 1], then [-1, 1]
     masks = tf.cast(batch['mask'], tf.float32) / 255.0
     keypoints = batch['keypoints']
     stickmen = tf.numpy_function(lambda k: draw_stickmen(k, size), [keypoints], tf.float32, stateful=False)

@@ -7,7 +7,7 @@ Layouts understood by `scan`:
   videos   PERSON/VIDEO/CLIP.{mp4,avi,mov,mkv,webm,...}  (VoxCeleb2); a clip may also be a folder of images
            PERSON/VIDEO/CLIP/FRAME.{jpg,png,...}, and images directly in PERSON/VIDEO/ form one clip.
            Optional top-level split folders: train/ (or dev/) and test/ hold such trees.
-  authors  {imgs,keypoints,segs}/{train,test}/PERSON/VIDEO/SEQ/FRAME.{jpg,npy,png} (spec 7.1): frames are
+  authors  {imgs,keypoints,segs}/{train,test}/PERSON/VIDEO/SEQ/FRAME.{jpg,npy,png} (docs/model.md §7.1): frames are
            already cropped and come with keypoints (and masks); a frame is used when its image and keypoints
            (and mask, when segs/ exists) are all present.
 All clips of one video form one frame list, as in the authors' loader. Videos without an explicit split

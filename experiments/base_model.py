@@ -1,4 +1,4 @@
-"""Stage 1, the base model as the authors ran it (spec 0): global batch 40, Adam 2e-4 (0.5, 0.999), eps 1e-7,
+"""Stage 1, the base model as the authors ran it (docs/model.md §0): global batch 40, Adam 2e-4 (0.5, 0.999), eps 1e-7,
 synchronized BatchNorm over every device, the paper's loss weights.
 
   bilayer-jax train --config base_model --workdir runs/base --config.data.dir=/data/voxceleb2_records

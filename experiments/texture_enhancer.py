@@ -1,4 +1,4 @@
-"""Stage 2: the texture enhancer trained with the base model frozen and in eval mode (spec 6.2, as the
+"""Stage 2: the texture enhancer trained with the base model frozen and in eval mode (docs/model.md §6.2, as the
 authors meant it: the enhancer's output feeds D and the perceptual losses).
 
   bilayer-jax train --config texture_enhancer --workdir runs/enhancer \

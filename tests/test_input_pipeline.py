@@ -85,7 +85,7 @@ def test_stickman_pixels_equal_a_hand_computed_expectation(data_dir):
   for b in range(2):
     keypoints, stickman = batch['source_keypoints'][b, 0], batch['source_stickman'][b, 0]
     np.testing.assert_array_equal(stickman, draw_stickman(keypoints, 256))  # the authors' renderer, pixel exact
-    pixels = ((keypoints + 1) / 2 * 256).astype(np.int32)  # spec 7.3: (v + 1) / 2 * 256, truncated
+    pixels = ((keypoints + 1) / 2 * 256).astype(np.int32)  # docs/model.md §7.3: (v + 1) / 2 * 256, truncated
     np.testing.assert_array_equal(pixels, keypoints_to_pixels(keypoints, 256))
     last_group = {p: g for g, (points, _, _) in enumerate(GROUPS_68) for p in points}  # later groups paint over
     checked = 0

@@ -138,5 +138,5 @@ def test_adaptive_pool_matches_pytorch_bins(n_in, n_out, rng):
       c0, c1 = (j * n_in) // n_out, -(-((j + 1) * n_in) // n_out)
       expected[:, :, i, j] = x[:, :, r0:r1, c0:c1].mean((2, 3))
   np.testing.assert_allclose(y, expected, atol=1e-6)
-  if n_out % n_in == 0:  # spec Q2: an exact nearest upsampling
+  if n_out % n_in == 0:  # docs/model.md Q2: an exact nearest upsampling
     np.testing.assert_allclose(y, x.repeat(n_out // n_in, 2).repeat(n_out // n_in, 3), atol=1e-6)

@@ -71,7 +71,7 @@ def test_ssim_on_the_whole_clip_equals_skimage(clip):
       for a, b in zip(clean, distorted)])
   ours = np.asarray(ssim(clean, distorted, reduce=False))
   np.testing.assert_allclose(ours, expected, atol=1e-4)
-  # 0.699 with the Gaussian window; docs/offline-assets.md's 0.695 is skimage's default 7x7 uniform window
+  # 0.699 with the Gaussian window; docs/assets.md's 0.695 is skimage's default 7x7 uniform window
   assert abs(float(ssim(clean, distorted)) - 0.699) < 0.001
   # float frames in [-1, 1] score as their uint8 originals
   np.testing.assert_allclose(ssim(to_float(clean[:10]), to_float(distorted[:10]), reduce=False), expected[:10],

@@ -1,4 +1,4 @@
-"""The stickman drawn pixel for pixel as the authors drew it (spec 7.3)."""
+"""The stickman drawn pixel for pixel as the authors drew it (docs/model.md §7.3)."""
 import numpy as np
 import pytest
 

@@ -67,7 +67,7 @@ def test_relativistic_hinge_values():
 
 
 def test_generator_terms_never_update_the_discriminator():
-  """Feature matching alone: the generators learn, D's parameters stay where they were (spec 10, B1)."""
+  """Feature matching alone: the generators learn, D's parameters stay where they were (docs/model.md B1)."""
   config = training_config('micro')
   config.training.perceptual = []
   config.training.loss_weights.update(dict(adversarial=0.0, pixelwise=0.0, segmentation=0.0, feature_matching=10.0))

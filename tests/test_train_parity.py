@@ -77,4 +77,4 @@ REFERENCE = os.environ.get('BILAYER_REFERENCE')
 def test_fresh_reference_step(size, seed, batch):
   code, output = run_tool('--reference', REFERENCE, '--size', size, '--seed', str(seed), '--batch', str(batch))
   assert code == 0, output
-  assert 'D parameters that the backward as published can reach: 0' in output  # bug B1 is what we fix
+  assert 'D parameters that the backward as published can reach: 0' in output  # docs/model.md B1 is what we fix

@@ -116,7 +116,7 @@ def test_normalization_is_the_authors(rng):
   # the authors fold the range change into mean' = 2 mean - 1, std' = 2 std
   mean, std = np.array(vgg.IMAGENET_MEAN), np.array(vgg.IMAGENET_STD)
   np.testing.assert_allclose(vgg.imagenet_normalize(x), (x - (2 * mean - 1)) / (2 * std), atol=1e-5)
-  # VGGFace: 0..255 scale minus the BGR means, in RGB channel order (Q3), std 1
+  # VGGFace: 0..255 scale minus the BGR means, in RGB channel order (docs/model.md Q3), std 1
   bgr = np.array([103.939, 116.779, 123.680])
   np.testing.assert_allclose(vgg.vggface_normalize(x), (x - (bgr / 127.5 - 1)) * 127.5, atol=1e-3)
   np.testing.assert_allclose(vgg.vggface_normalize(-np.ones((1, 1, 1, 3), np.float32))[0, 0, 0], -bgr, atol=1e-4)

@@ -4,7 +4,9 @@ carphone clip the demo preprocesses, for the same number of steps; the per-step 
 metrics go to OUT/VARIANT.json and one comparison plot to OUT/ablations.png.
 
   python -m tools.gan_ablations --out ablations --steps 150 \
-      --variants masked masked_no_gan masked_no_per masked_no_fm demo     # benchmarks/results/gan_ablations*
+      --variants masked masked_no_gan masked_no_per masked_no_fm no_r1     # benchmarks/results/gan_ablations/
+  python -m tools.gan_ablations --out ablations --steps 150 \
+      --variants no_r1 demo d_shift d_noise d_lr_0.1 d_shift_noise         # benchmarks/results/gan_ablations_d/
   python -m tools.gan_ablations --list
 
 A variant whose OUT/VARIANT.json exists is not trained again (delete the file to rerun it).
@@ -18,31 +20,34 @@ import json
 import pathlib
 import time
 
-# name -> (what it tests, overrides as {dotted.config.key: value})
-MASKED = {'training.apply_masks': True}
+# name -> (what it tests, overrides as {dotted.config.key: value}). Every variant but `demo` starts from the
+# demo without its R1 penalty (the authors' discriminator), as the demo was when these were first run.
+NO_R1 = {'training.discriminator.r1_weight': 0.0}
+MASKED = {**NO_R1, 'training.apply_masks': True}
 NO_ADV = {'training.loss_weights.adversarial': 0.0}
 NO_FM = {'training.loss_weights.feature_matching': 0.0}
+D = 'training.discriminator.'
 VARIANTS = {
-    'demo': ('experiments/demo.py as it is (losses on unmasked images)', {}),
-    'masked': ('the demo before: losses and D on images masked by the predicted mask', MASKED),
+    'demo': ('experiments/demo.py as it is (unmasked losses, R1 gamma 1)', {}),
+    'no_r1': ("the demo with the authors' discriminator (no R1)", NO_R1),
+    'masked': ('no R1; losses and D on images masked by the predicted mask', MASKED),
     'masked_no_gan': ('masked, no D at all (adversarial and feature matching 0)', {**MASKED, **NO_ADV, **NO_FM}),
     'masked_no_fm': ('masked, feature matching 0', {**MASKED, **NO_FM}),
     'masked_no_per': ('masked, no perceptual term', {**MASKED, 'training.perceptual': []}),
-    'no_gan': ('no D at all', {**NO_ADV, **NO_FM}),
-    'no_fm': ('feature matching 0', NO_FM),
-    'fm_1': ('feature matching weight 1', {'training.loss_weights.feature_matching': 1.0}),
-    'd_lr_0.1': ('D learning rate 0.1x', {'training.discriminator.learning_rate_scale': 0.1}),
-    'd_shift': ('the same random shift (up to 1/8 of the side) of each real/fake pair before D',
-                {'training.discriminator.augment_shift': 0.125}),
-    'd_noise': ('instance noise std 0.2 on D\'s images, fading over 1000 steps',
-                {'training.discriminator.instance_noise': 0.2,
-                 'training.discriminator.instance_noise_decay_steps': 1000}),
-    'd_r1': ('R1 penalty, gamma 1', {'training.discriminator.r1_weight': 1.0}),
-    'd_shift_noise': ('shift and instance noise together',
-                      {'training.discriminator.augment_shift': 0.125, 'training.discriminator.instance_noise': 0.2,
-                       'training.discriminator.instance_noise_decay_steps': 1000}),
-    'no_sn_d': ('no spectral norm in D', {'model.spn_networks':
-                                          'identity_embedder, texture_generator, keypoints_embedder, inference_generator'}),
+    'no_gan': ('no D at all', {**NO_R1, **NO_ADV, **NO_FM}),
+    'no_fm': ('no R1, feature matching 0', {**NO_R1, **NO_FM}),
+    'fm_1': ('no R1, feature matching weight 1', {**NO_R1, 'training.loss_weights.feature_matching': 1.0}),
+    'd_lr_0.1': ('no R1, D learning rate 0.1x', {**NO_R1, D + 'learning_rate_scale': 0.1}),
+    'd_shift': ('no R1, the same random shift (up to 1/8 of the side) of each real/fake pair before D',
+                {**NO_R1, D + 'augment_shift': 0.125}),
+    'd_noise': ("no R1, instance noise std 0.2 on D's images, fading over 1000 steps",
+                {**NO_R1, D + 'instance_noise': 0.2, D + 'instance_noise_decay_steps': 1000}),
+    'd_shift_noise': ('no R1, shift and instance noise together',
+                      {**NO_R1, D + 'augment_shift': 0.125, D + 'instance_noise': 0.2,
+                       D + 'instance_noise_decay_steps': 1000}),
+    'd_r1_0.1': ('R1 penalty, gamma 0.1', {D + 'r1_weight': 0.1}),
+    'no_sn_d': ('no R1, no spectral norm in D', {**NO_R1, 'model.spn_networks':
+                                                 'identity_embedder, texture_generator, keypoints_embedder, inference_generator'}),
 }
 
 
@@ -75,6 +80,16 @@ def variant_config(name: str, data_dir, steps: int):
   config.checkpoint_every = 10 ** 9
   config.log_every = 10
   return config
+
+
+def summary_line(name: str, history: list) -> str:
+  """How often D wins outright (D_ADV < 0.01) and where G's L1 ends, averaged over the last third of the run."""
+  wins = [s for s, m in history if m['D_ADV'] < 0.01]
+  tail = [m['G_L1'] for _, m in history[-max(1, len(history) // 3):]]
+  first = f'first at step {wins[0]}' if wins else 'never'
+  return (f'{name:14s} D_ADV < 0.01 at {len(wins):3d}/{len(history)} steps ({first:>17s})  '
+          f'G_L1 step {history[0][0]} {history[0][1]["G_L1"]:.3f}, '
+          f'mean of the last {len(tail)} {sum(tail) / len(tail):.3f}')
 
 
 def plot(results: dict, path: pathlib.Path) -> None:
@@ -140,9 +155,9 @@ def main(argv=None):
                                 'steps': a.steps, 'seconds': round(time.time() - start, 1),
                                 'history': history}) + '\n')
     results[name] = history
-    last = history[-1][1]
-    print(f'{name:14s} G_L1 step1 {history[0][1]["G_L1"]:.3f} -> step{history[-1][0]} {last["G_L1"]:.3f}  '
-          f'D_ADV {last["D_ADV"]:.3f}', flush=True)
+    print(summary_line(name, history), flush=True)
+  for name, history in results.items():
+    print(summary_line(name, history))
   plot(results, out / 'ablations.png')
   print(f'wrote {out / "ablations.png"}')
   return 0

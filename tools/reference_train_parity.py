@@ -15,17 +15,17 @@ Then both sides take one step on a fresh batch:
   - every network's gradient, tensor by tensor: max |ours - theirs| / max |theirs|;
   - every parameter after one Adam step per network (lr 2e-4, betas (0.5, 0.999), eps 1e-7), the
     BatchNorm running statistics (momentum 1, unbiased variance) and spectral-norm vectors u, v.
-The discriminator's gradient is the one the authors meant (spec 10, bug B1): their D switches its parameters'
+The discriminator's gradient is the one the authors meant (docs/model.md bug B1): their D switches its parameters'
 requires_grad off at the end of its forward, so the published backward gives D nothing; here the flag is
 switched back on before their backward, which then gives D exactly dD_ADV/dD (the "gen" pass ran with the
 flag off and has no edge to D).
 
 Some gradients are zero in exact arithmetic (biases of convolutions that feed a batch-statistics BatchNorm,
-spec Q7; the bias of D's score head, which the relativistic loss cancels) and carry only round-off on both
+docs/model.md Q7; the bias of D's score head, which the relativistic loss cancels) and carry only round-off on both
 sides. A tensor whose reference gradient is below 1e-4 of its network's largest is measured against that
 largest gradient (max |ours - theirs| / network max <= 1e-4); after Adam, which divides by the gradient's
 magnitude and so turns round-off into steps of up to lr, such tensors must agree to 2 lr. They are counted
-in the output. Weights that get no gradient at all in the reference (spec Q8) must get exactly zero here.
+in the output. Weights that get no gradient at all in the reference (docs/model.md Q8) must get exactly zero here.
 
   python -m tools.reference_train_parity --reference /path/to/bilayer-model --size tiny --seed 3
   python -m tools.reference_train_parity --reference PATH --size small --seed 1 --batch 2
@@ -64,7 +64,7 @@ LEARNING_RATE = 2e-4
 PERCEPTUAL = (('vgg19_imagenet_pytorch', 'VGG19', 19, (1, 6, 11, 20, 29), 10.0),
               ('vgg16_face_caffe', 'VGGFace', 16, (1, 6, 11, 18, 25), 0.01))
 # train.py's general options that the runner, its networks and losses read (train.py itself imports the
-# data loader, which does not compile: spec 10, B2).
+# data loader, which does not compile: docs/model.md B2).
 GENERAL = dict(project_dir='.', num_gpus=0, rank=0, world_size=1, local_rank=0, batch_size=2, random_seed=0,
                use_half=False, use_apex=False, amp_opt_level='O0', debug=False)
 
@@ -168,7 +168,7 @@ def onednn(enabled: bool):
 @contextlib.contextmanager
 def apex_standin():
   """`apex.parallel.SyncBatchNorm`, which the runner's BatchNorm-momentum helper imports even in one process
-  (spec 10, B8) only to test isinstance against; one process has no SyncBatchNorm, so a class that nothing is
+  (docs/model.md B8) only to test isinstance against; one process has no SyncBatchNorm, so a class that nothing is
   an instance of gives their helper its one-process behaviour."""
   if importlib.util.find_spec('apex') is not None:
     yield
@@ -298,7 +298,7 @@ def reference_step(reference_dir, run_dir, size: str, seed: int, batch: int, war
     loss = runner(data)
     losses = {k: float(v[-1]) for k, v in runner.losses_history[True].items()}
 
-    # As published, D's requires_grad is off when backward runs (B1): count what it would have received.
+    # As published, D's requires_grad is off when backward runs (docs/model.md B1): count what it would have received.
     published = sum(p.requires_grad for p in critic.parameters())
     for p in critic.parameters():
       p.requires_grad_(True)
@@ -422,7 +422,7 @@ def compare(ours: dict, theirs: dict) -> list[dict]:
         g = np.asarray(g)
         if key in ref_grads:
           pairs.append((key, g, convert(ref_grads[key], how)))
-        elif np.any(g):  # their autograd gives no gradient to dead weights (spec Q8): ours must be zero
+        elif np.any(g):  # their autograd gives no gradient to dead weights (docs/model.md Q8): ours must be zero
           problems.append(f'{key}: no gradient in the reference, ours {np.max(np.abs(g)):.2g}')
     scale = max(float(np.max(np.abs(t))) for _, _, t in pairs)
     near_zero, errors = [], {}

@@ -1,4 +1,4 @@
-"""Identity embedder (spec 2.1), run once per avatar.
+"""Identity embedder (docs/model.md §2.1), run once per avatar.
 
 Source image (background set to -1 by its mask) and source stickman -> six 8x8 embeddings, one per
 generator block, at that block's output width. Embedding k is the *features* of decoder block k.

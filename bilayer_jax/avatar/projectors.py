@@ -1,10 +1,10 @@
-"""Projectors: identity embeddings -> the adaptive parameters of a generator (spec 1.5, 1.6).
+"""Projectors: identity embeddings -> the adaptive parameters of a generator (docs/model.md §1.5, §1.6).
 
 For embedding k: adaptive average pooling to s x s (an exact nearest upsampling of the 8x8 map when s is
-a multiple of 8, spec Q2), regrouping of the channel-first maps into rows, and a few MLPs of three linear
-layers with no nonlinearity (spec Q4), each applied to every row. `texture_adaptive_params` and
+a multiple of 8, docs/model.md Q2), regrouping of the channel-first maps into rows, and a few MLPs of three linear
+layers with no nonlinearity (docs/model.md Q4), each applied to every row. `texture_adaptive_params` and
 `inference_adaptive_params` install the outputs into the generators' layers by the explicit mapping of
-spec 1.6: embedding k drives norm2 and the skip conv of block k and norm1 of block k+1 (or the final norm).
+docs/model.md §1.6: embedding k drives norm2 and the skip conv of block k and norm1 of block k+1 (or the final norm).
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def _spade_params(out_weight, out_bias):
 
 
 def generator_adaptive_params(groups: list[list[jax.Array]], norm: str) -> dict:
-  """Install projector outputs into a generator's adaptive layers (spec 1.6)."""
+  """Install projector outputs into a generator's adaptive layers (docs/model.md §1.6)."""
   num_blocks = len(groups)
   adaptive = {f'block_{k}': {} for k in range(num_blocks)}
   for k, group in enumerate(groups):

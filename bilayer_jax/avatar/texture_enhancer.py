@@ -1,4 +1,4 @@
-"""Texture enhancer (spec 2.6, 6.1): learned refinement of the texture, run once per avatar.
+"""Texture enhancer (docs/model.md §2.6, §6.1): learned refinement of the texture, run once per avatar.
 
 Each of the unrolled steps re-renders the source from the current texture, takes the gradient of the
 masked reconstruction error with respect to the texture (`jax.grad`, first order: treated as an input)

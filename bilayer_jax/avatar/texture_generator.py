@@ -1,4 +1,4 @@
-"""Texture generator (spec 2.2): the pose-independent high-frequency layer, run once per avatar.
+"""Texture generator (docs/model.md §2.2): the pose-independent high-frequency layer, run once per avatar.
 
 A learned constant tensor goes through upsampling residual blocks with ada_spade_bn norms and adaptive
 skip convs (parameters from the texture projector), a final ada_spade_bn, LReLU and a tanh RGB head.

@@ -160,7 +160,7 @@ def _conv(x, kernel, bias):
 
 
 def _upsample(x):
-  # jax.image.resize 'nearest' is the form that converts to RESIZE_NEAREST_NEIGHBOR (export-notes.md).
+  # jax.image.resize 'nearest' is the form that converts to RESIZE_NEAREST_NEIGHBOR (docs/export.md).
   n, h, w, c = x.shape
   return jax.image.resize(x, (n, 2 * h, 2 * w, c), method='nearest')
 

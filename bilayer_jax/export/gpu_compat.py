@@ -4,7 +4,7 @@
                     --check-------> GpuVerdict(compatible, violations=[(subgraph, op index, op, reason)])
 
 Why our own: `tf.lite.experimental.Analyzer(gpu_compatibility=True)` in TF 2.21 / ai-edge-litert 2.3
-calls ops "compatible" that the delegate rejects (export-notes.md), and no GPU runs here. The rules
+calls ops "compatible" that the delegate rejects (docs/export.md), and no GPU runs here. The rules
 restate what the delegate itself does before it takes a node, from two LiteRT files:
   - tflite/tools/versioning/gpu_compatibility.cc: per-operator checks (runtime/constant input counts,
     1-D INT32 GATHER indices, no shrink/ellipsis/new-axis STRIDED_SLICE, paddings shapes, fused

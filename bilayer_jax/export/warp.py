@@ -1,7 +1,7 @@
 """The texture warp of the exported graph, in TensorFlow (export, step 2a: the graph).
 
 The warp is written in TF, not JAX, because every JAX gather becomes GATHER_ND, which the GPU delegate
-lacks (export-notes.md). It samples like `bilayer_jax.nn.warp.sample_texture` (bilinear, zero outside,
+lacks (docs/export.md). It samples like `bilayer_jax.nn.warp.sample_texture` (bilinear, zero outside,
 either align_corners convention) but fetches texel *patches* rather than four single texels, because
 of two delegate facts (gpu_compat.py): every tensor but the CAST -> GATHER indices must be float, and with
 --gpu_precision_loss_allowed those floats are FP16, which holds integers exactly only up to 2048. A

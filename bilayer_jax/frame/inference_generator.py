@@ -1,4 +1,4 @@
-"""Inference generator (spec 2.4), the per-frame network: pose embedding -> uv offsets, low-frequency RGB
+"""Inference generator (docs/model.md §2.4), the per-frame network: pose embedding -> uv offsets, low-frequency RGB
 and mask logits. Upsampling blocks with ada_bn norms and adaptive skips whose parameters the inference
 projector computes once per avatar; conv1 runs before the upsampling ("efficient upsampling").
 """

@@ -1,4 +1,4 @@
-"""Keypoints embedder (spec 2.3), run per frame: 68 keypoints -> the inference generator's input tensor."""
+"""Keypoints embedder (docs/model.md §2.3), run per frame: 68 keypoints -> the inference generator's input tensor."""
 from __future__ import annotations
 
 import flax.linen as nn

@@ -1,4 +1,4 @@
-"""Adversarial and feature-matching losses (spec 4): relativistic-average hinge GAN and L1 feature matching.
+"""Adversarial and feature-matching losses (docs/model.md §4): relativistic-average hinge GAN and L1 feature matching.
 
 The relativistic means run over the whole global batch: with `axis_name` set (inside a data-parallel step)
 the per-device means are averaged across devices, so 8 devices with 1 sample each compute what one device

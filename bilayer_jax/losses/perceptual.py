@@ -1,4 +1,4 @@
-"""Perceptual losses (spec 4): sum_l w_l * mean |phi_l(fake) - phi_l(real)| through frozen VGG networks
+"""Perceptual losses (docs/model.md §4): sum_l w_l * mean |phi_l(fake) - phi_l(real)| through frozen VGG networks
 with average pooling, layer weights (1/32, 1/16, 1/8, 1/4, 1), inputs normalized as the authors did.
 
 Each network is configured as {name, weights, layers, weight}; `weights` is one of

@@ -1,4 +1,4 @@
-"""Pixel-space losses of stage 1 (spec 4): L1 on the low-frequency layer, mask BCE, warp regularizer."""
+"""Pixel-space losses of stage 1 (docs/model.md §4): L1 on the low-frequency layer, mask BCE, warp regularizer."""
 from __future__ import annotations
 
 import jax

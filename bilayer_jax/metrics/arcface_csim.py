@@ -1,6 +1,6 @@
 """Identity preservation of generated frames: CSIM (ArcFace); its offline fallback is dlib_identity.py.
 
-CSIM (spec 4, `--losses_test csim`): cosine similarity of the 512-D ArcFace IR-SE-50 embeddings of the
+CSIM (docs/model.md §4, `--losses_test csim`): cosine similarity of the 512-D ArcFace IR-SE-50 embeddings of the
 generated and the real frame, both aligned to 112x112 with the same similarity transform - the one that
 maps the 5-point ArcFace template onto the *real* frame's landmarks (eye centres = means of 36-41 and
 42-47, nose tip 30, mouth corners 48 and 54) - and bilinear resampling. The network is the standard

@@ -1,4 +1,4 @@
-"""LPIPS v0.1 with the VGG16 backbone (test-time metric of spec 4, `--losses_test lpips`).
+"""LPIPS v0.1 with the VGG16 backbone (test-time metric of docs/model.md §4, `--losses_test lpips`).
 
 Both images go through the LPIPS scaling layer ((x - shift) / scale, inputs in [-1, 1]) and the
 standard ImageNet VGG16 (max pooling). At relu1_2, relu2_2, relu3_3, relu4_3 and relu5_3 each feature

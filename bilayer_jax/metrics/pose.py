@@ -1,4 +1,4 @@
-"""Normalized pose error: how well generated frames follow the driving pose (optional metric, spec 4).
+"""Normalized pose error: how well generated frames follow the driving pose (optional metric, docs/model.md §4).
 
 Landmarks are detected on the generated and on the real frame; the error is the mean Euclidean distance
 between corresponding landmarks divided by the real frame's inter-ocular distance (between the centroids

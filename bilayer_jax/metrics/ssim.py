@@ -1,4 +1,4 @@
-"""SSIM between generated and real frames (evaluation; optional in the authors' code, spec 4).
+"""SSIM between generated and real frames (evaluation; optional in the authors' code, docs/model.md §4).
 
 Gaussian window 11x11, sigma 1.5, K1 0.01, K2 0.03, population (not sample) covariances, computed per
 channel and averaged: the same number as skimage.metrics.structural_similarity(a, b,

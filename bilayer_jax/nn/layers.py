@@ -39,7 +39,7 @@ class Mode(NamedTuple):
 
 EVAL = Mode(batch_stats=False, power_iteration=False)
 TRAIN = Mode(batch_stats=True, power_iteration=True)
-# Standing statistics (spec 5.3): BatchNorm sees batches, spectral norm keeps its vectors.
+# Standing statistics (docs/model.md §5.3): BatchNorm sees batches, spectral norm keeps its vectors.
 STATS = Mode(batch_stats=True, power_iteration=False)
 
 LEAKY_SLOPE = 0.2
@@ -106,7 +106,7 @@ class SpectralNormalizer(nn.Module):
 
 
 class Conv(nn.Module):
-  """Square convolution, stride 1, zero 'same' padding, with bias (spec 1.1), NHWC."""
+  """Square convolution, stride 1, zero 'same' padding, with bias (docs/model.md §1.1), NHWC."""
   features: int
   kernel_size: int = 3
   spectral_norm: bool = True
@@ -148,7 +148,7 @@ class Dense(nn.Module):
 
 
 class AdaptiveConv1x1(nn.Module):
-  """A 1x1 convolution whose weights are predicted per identity (spec 1.4); it owns no parameters.
+  """A 1x1 convolution whose weights are predicted per identity (docs/model.md §1.4); it owns no parameters.
 
   x: (B * T, H, W, C_in) frames of B identities; kernel: (B, C_in, C_out); bias: (B, C_out).
   """
@@ -165,7 +165,7 @@ def fold_spectral_norm(variables: dict) -> dict:
   """Replace every spectrally normalized kernel by kernel / sigma and drop the `spectral` collection.
 
   The result is the variables of the same network built with `spectral_norm=False`: this is what the
-  authors' inference wrapper does once after loading (spec 1.7).
+  authors' inference wrapper does once after loading (docs/model.md §1.7).
   """
   params = variables['params']
   spectral = variables.get('spectral', {})

@@ -1,4 +1,4 @@
-"""Normalization layers of the bi-layer model (spec 1.3): BatchNorm, ada_bn and ada_spade_bn.
+"""Normalization layers of the bi-layer model (docs/model.md §1.3): BatchNorm, ada_bn and ada_spade_bn.
 
 BatchNorm follows the authors' setup rather than Flax's defaults: eps 1e-7, statistics averaged over a
 named device axis (synchronized BatchNorm), and running statistics updated with PyTorch's momentum

@@ -2,7 +2,7 @@
 
 Nearest upsampling has two exactly equal forms: `jax.image.resize(..., 'nearest')`, which the TFLite
 converter maps to RESIZE_NEAREST_NEIGHBOR (a GPU-delegate op), and broadcast + reshape, which trains
-faster under XLA on CPU but converts to BROADCAST_TO (perf-notes.md, export-notes.md). The form is a
+faster under XLA on CPU but converts to BROADCAST_TO (docs/performance.md, docs/export.md). The form is a
 switch, not a fork of the model.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
   """(out, in) averaging matrix of torch.nn.AdaptiveAvgPool over one axis.
 
   Bin i covers [floor(i * in / out), ceil((i + 1) * in / out)); when out is a multiple of in this is
-  nearest-neighbour replication (spec Q2).
+  nearest-neighbour replication (docs/model.md Q2).
   """
   m = np.zeros((out_size, in_size), np.float32)
   for i in range(out_size):

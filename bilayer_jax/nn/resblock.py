@@ -1,4 +1,4 @@
-"""The pre-activation residual block used by every network (spec 1.2).
+"""The pre-activation residual block used by every network (docs/model.md §1.2).
 
 Main branch: norm1 -> LReLU -> [up] -> conv1 -> norm2 -> LReLU (= the block's "features") -> [up if
 efficient] -> conv2 -> [down]. Skip branch (only when channels change or the block resizes): for up

@@ -1,4 +1,4 @@
-"""Bilinear texture sampling (the warp of the high-frequency layer, spec 2.4).
+"""Bilinear texture sampling (the warp of the high-frequency layer, docs/model.md §2.4).
 
 Semantics of `torch.nn.functional.grid_sample(mode='bilinear', padding_mode='zeros')`: uv in [-1, 1],
 last axis (x, y); taps outside the texture contribute zero. With align_corners=False (the default, and

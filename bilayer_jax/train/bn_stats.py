@@ -1,4 +1,4 @@
-"""Standing BatchNorm statistics (spec 5.3): before evaluation or export, push training batches through the
+"""Standing BatchNorm statistics (docs/model.md §5.3): before evaluation or export, push training batches through the
 generator side with BatchNorm in batch-statistics mode and spectral norm frozen, and set each BatchNorm's
 running mean and (unbiased) variance to the average over those batches."""
 from __future__ import annotations

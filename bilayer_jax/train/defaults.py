@@ -1,4 +1,4 @@
-"""Default training config (the authors' recipe, spec 0 and 5); experiments/*.py start from it."""
+"""Default training config (the authors' recipe, docs/model.md §0 and §5); experiments/*.py start from it."""
 from __future__ import annotations
 
 import ml_collections
@@ -41,7 +41,7 @@ def training_config(model_size: str = 'paper', stage: str = 'base') -> ml_collec
       learning_rate_scale=1.0, augment_shift=0.0, instance_noise=0.0, instance_noise_decay_steps=0,
       r1_weight=0.0))
   t.init_checkpoint = ''             # stage 2: the stage-1 inference checkpoint (base networks + D)
-  t.bn_stats_batches = 500           # standing BatchNorm statistics before export (spec 5.3)
+  t.bn_stats_batches = 500           # standing BatchNorm statistics before export (docs/model.md §5.3)
   # GAN health: warn once when D_ADV stays below this for this many logged steps in a row (0: never).
   t.d_loss_warn_below = 0.01
   t.d_loss_warn_logged_steps = 20

@@ -1,4 +1,4 @@
-"""Discriminator (spec 2.5), training only: image + target stickman -> patch scores and the features of
+"""Discriminator (docs/model.md §2.5), training only: image + target stickman -> patch scores and the features of
 every block (for feature matching)."""
 from __future__ import annotations
 

@@ -190,7 +190,7 @@ def write_scalars(writer, metrics: dict, step: int, seconds_per_step: float, bat
 
 
 def export_inference(config, variables: dict, workdir: pathlib.Path, step: int, progress: bool) -> str:
-  """Standing BatchNorm statistics (spec 5.3) of the trained variables -> workdir/inference/step_N, the
+  """Standing BatchNorm statistics (docs/model.md §5.3) of the trained variables -> workdir/inference/step_N, the
   checkpoint bilayer_jax.load opens; an existing one is kept. Returns its path."""
   variables = standing_statistics(config, variables, data_lib.make_batches(config, 0),
                                   config.training.bn_stats_batches, progress)

@@ -1,8 +1,8 @@
-"""One training step, written once for one device with a named batch axis (spec 3, 6.2).
+"""One training step, written once for one device with a named batch axis (docs/model.md §3, §6.2).
 
 Stage 1 trains the identity embedder, both generators with their projectors, the keypoints embedder and
 the discriminator; stage 2 trains the texture enhancer and the discriminator with the base model frozen
-(eval mode). The GAN update is the one the authors intended (spec 10, bug B1): one backward pass of
+(eval mode). The GAN update is the one the authors intended (docs/model.md bug B1): one backward pass of
 
     total = D_ADV(real, stop_grad(fake); theta_D) + G_terms(theta_G; stop_grad(theta_D))
 
@@ -104,7 +104,8 @@ def _frames(batch, prefix):
 
 
 def base_forward(config, nets, variables, batch, mode: Mode, dtype):
-  """Embedder -> projectors -> texture generator -> keypoints embedder -> inference generator (spec 3, 1-4).
+  """Embedder -> projectors -> texture generator -> keypoints embedder -> inference generator
+  (docs/model.md §3, steps 1-4).
 
   Returns (outputs, variables with updated BatchNorm statistics / spectral vectors).
   """
@@ -119,7 +120,7 @@ def base_forward(config, nets, variables, batch, mode: Mode, dtype):
   poses = target['keypoints'].reshape(target['keypoints'].shape[0], -1).astype(dtype)
   frame, variables = model_lib.frame_outputs(model, nets, variables, texture, inf_adaptive, poses, mode)
   if mode.power_iteration and model.get('pse_emb_source_pose', False):
-    # The authors' scripts embed the source poses too (spec 0, B4); stage 1 never uses the embedding, but
+    # The authors' scripts embed the source poses too (docs/model.md §0, B4); stage 1 never uses the embedding, but
     # the call is a second spectral-norm power iteration of the keypoints embedder per step.
     source_poses = source['keypoints'].reshape(source['keypoints'].shape[0], -1).astype(dtype)
     _, variables['keypoints_embedder'] = model_lib.apply(

@@ -1,4 +1,4 @@
-"""The authors' face crop (spec 8 step 4) and the keypoint coordinate conventions (spec 7.2).
+"""The authors' face crop (docs/model.md §8, step 4) and the keypoint coordinate conventions (docs/model.md §7.2).
 
 Data flow: a frame (H, W, 3) uint8 + its 68 landmarks in frame pixels -> `crop_box` -> `crop_image`
 (square crop, black outside the frame, PIL bicubic resize to the stored size) and `crop_keypoints`
@@ -21,7 +21,7 @@ class NoFaceError(ValueError):
 
 
 def normalize_keypoints(pixels: np.ndarray, size: float) -> np.ndarray:
-  """Pixel coordinates in a square image of side `size` -> [-1, 1] (spec 7.2: (v / size - 0.5) * 2)."""
+  """Pixel coordinates in a square image of side `size` -> [-1, 1] (docs/model.md §7.2: (v / size - 0.5) * 2)."""
   return ((np.asarray(pixels, np.float32) / np.float32(size) - np.float32(0.5)) * np.float32(2)).astype(np.float32)
 
 

@@ -1,7 +1,7 @@
 """Soft foreground masks of face crops: crop (S, S, 3) uint8 -> mask (S, S) float32 in [0, 1].
 
 Data flow: faces/crop.py makes the crop -> a `Segmenter` -> the mask stored beside the frame; the model
-uses it to mask the identity embedder's source image and as the target of its mask loss (spec 7.4).
+uses it to mask the identity embedder's source image and as the target of its mask loss (docs/model.md §7.4).
 
 The authors used Graphonomy (1 - P(background), then a 5x5 disk erosion); its weights are not available
 offline. What we offer:

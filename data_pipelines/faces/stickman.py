@@ -1,4 +1,4 @@
-"""The stickman image of 68 facial keypoints (spec 7.3), drawn pixel for pixel as the authors drew it.
+"""The stickman image of 68 facial keypoints (docs/model.md §7.3), drawn pixel for pixel as the authors drew it.
 
 Imported weights expect exactly this input: a uint8 canvas filled with 1 (not 0), integer pixel
 coordinates (v + 1) / 2 * size truncated toward zero, non-antialiased polylines of thickness 2 in the

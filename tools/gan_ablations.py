@@ -83,13 +83,16 @@ def variant_config(name: str, data_dir, steps: int):
 
 
 def summary_line(name: str, history: list) -> str:
-  """How often D wins outright (D_ADV < 0.01) and where G's L1 ends, averaged over the last third of the run."""
+  """How often D wins outright (D_ADV < 0.01), and G's L1 and D's real-minus-fake score gap averaged over the
+  last third of the run (a gap near 0: D barely tells real from fake)."""
   wins = [s for s, m in history if m['D_ADV'] < 0.01]
   tail = [m['G_L1'] for _, m in history[-max(1, len(history) // 3):]]
   first = f'first at step {wins[0]}' if wins else 'never'
+  gaps = [m['D_real_score'] - m['D_fake_score'] for _, m in history[-len(tail):] if 'D_real_score' in m]
+  gap = f'  D score gap {sum(gaps) / len(gaps):.2f}' if gaps else ''
   return (f'{name:14s} D_ADV < 0.01 at {len(wins):3d}/{len(history)} steps ({first:>17s})  '
           f'G_L1 step {history[0][0]} {history[0][1]["G_L1"]:.3f}, '
-          f'mean of the last {len(tail)} {sum(tail) / len(tail):.3f}')
+          f'mean of the last {len(tail)} {sum(tail) / len(tail):.3f}{gap}')
 
 
 def plot(results: dict, path: pathlib.Path) -> None:

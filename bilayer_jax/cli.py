@@ -64,19 +64,30 @@ def cmd_import_torch(args) -> int:
   return 0
 
 
+# Exit codes of `bilayer-jax train` (README, Training): a scheduler tells a finished run from one to requeue.
+EXIT_BAD_INPUT = 2      # the config, the workdir (in use by another trainer, a file) or the data
+EXIT_DIVERGED = 3       # a loss went NaN/Inf; the last good checkpoint is kept
+EXIT_STOPPED = 75       # SIGTERM (preemption): state saved, rerun to continue (sysexits' EX_TEMPFAIL)
+
+
 def cmd_train(args, overrides) -> int:
   from bilayer_jax import config_files
   from bilayer_jax.train import loop
+  from bilayer_jax.train.workdir_lock import WorkdirBusy
 
   try:
     config = config_files.apply_overrides(config_files.load(args.config), overrides)
     summary = loop.train(config, args.workdir)
   except loop.TrainingDiverged as e:
     print(f'train: {e}', file=sys.stderr)
-    return 3
-  except (ValueError, FileNotFoundError) as e:
+    return EXIT_DIVERGED
+  except (ValueError, FileNotFoundError, WorkdirBusy) as e:
     print(f'train: {e}', file=sys.stderr)
-    return 2
+    return EXIT_BAD_INPUT
+  if summary.get('stopped'):
+    print(f'train: stopped by {summary["stopped"]} at step {summary["step"]}, state saved; exit code {EXIT_STOPPED} '
+          '(rerun the same command to continue)', file=sys.stderr)
+    return EXIT_STOPPED
   print(f'train: finished at step {summary["step"]}')
   return 0
 

@@ -218,6 +218,7 @@ def test_sigkill_mid_run_then_restart_equals_an_uninterrupted_run(tmp_path):
                            timeout=900)
   assert resumed.returncode == 0, resumed.stderr
   assert 'resumed from step' in resumed.stdout
+  assert f'taking over the lock of process {proc.pid}' in resumed.stdout  # the killed run's lock is stale
   a, meta = restore(tmp_path / 'full', 6)
   b, _ = restore(run, 6)
   assert meta['input_position'] == 6
@@ -226,19 +227,24 @@ def test_sigkill_mid_run_then_restart_equals_an_uninterrupted_run(tmp_path):
   assert max_difference(a.opt_states, b.opt_states) < 1e-6
 
 
-def test_sigterm_saves_and_exits_cleanly(tmp_path):
+def test_sigterm_saves_and_exits_with_its_own_code_and_a_second_trainer_is_refused(tmp_path):
   run = tmp_path / 'run'
   proc = subprocess.Popen(train_cmd(run, '--config.training.num_steps=1000', '--config.checkpoint_every=2'),
                           cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 600
   while not (run / 'checkpoints' / '2').is_dir() and time.time() < deadline:
     time.sleep(0.05)
+  second = subprocess.run(train_cmd(run, '--config.training.num_steps=1000'), cwd=tmp_path, env=env(),
+                          capture_output=True, text=True, timeout=300)
+  assert second.returncode == 2, second.stderr
+  assert f'is in use by process {proc.pid}' in second.stderr and 'Traceback' not in second.stderr
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=300)
-  assert proc.returncode == 0, err
-  assert 'SIGTERM: saved step' in out
+  assert proc.returncode == 75, err
+  assert 'SIGTERM: saved step' in out and 'stopped by SIGTERM' in err
   saved = int(out.split('SIGTERM: saved step')[1].split()[0])
   assert (run / 'checkpoints' / str(saved)).is_dir() and saved >= 2
+  assert (run / 'train.lock').read_text() == ''  # released
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -28,6 +28,7 @@ from bilayer_jax.train import parallel
 from bilayer_jax.train.bn_stats import standing_statistics
 from bilayer_jax.train.checkpoints import Checkpointer
 from bilayer_jax.train.step import TrainState, base_forward, init_state, make_train_step
+from bilayer_jax.train.workdir_lock import workdir_lock
 from bilayer_jax.nn.layers import EVAL
 
 
@@ -212,9 +213,19 @@ def open_summaries(config, workdir: pathlib.Path):
 
 
 def train(config, workdir, progress: bool = True) -> dict:
-  """Run (or resume) training; returns a summary dict."""
+  """Run (or resume) training; returns a summary dict ('stopped': 'SIGTERM' when a signal ended it early).
+  Raises workdir_lock.WorkdirBusy when another trainer holds the workdir."""
   parallel.maybe_initialize_distributed()
   is_main = jax.process_index() == 0
+  workdir = pathlib.Path(workdir).absolute()
+  if workdir.exists() and not workdir.is_dir():
+    raise ValueError(f'--workdir {workdir} is a file, not a folder')
+  workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lock(workdir, enabled=is_main):
+    return _train_holding_lock(config, workdir, progress, is_main)
+
+
+def _train_holding_lock(config, workdir: pathlib.Path, progress: bool, is_main: bool) -> dict:
   workdir = open_workdir(config, workdir, is_main)
   dp = build_step(config)
   checkpointer = Checkpointer(workdir / 'checkpoints', config.checkpoint_every, config.keep_checkpoints,

@@ -12,11 +12,14 @@ import os
 import pathlib
 import shutil
 import tempfile
+import zipfile
+import zlib
 
 import ml_collections
 import numpy as np
 
 from bilayer_jax import config as config_lib
+from bilayer_jax.integrity import CheckpointCorrupt
 
 CONFIG_FILE = 'config.json'
 VARIABLES_FILE = 'variables.npz'
@@ -91,9 +94,16 @@ def load(directory) -> tuple[ml_collections.ConfigDict, dict]:
   for path in (config_path, variables_path):
     if not path.is_file():
       raise FileNotFoundError(f'{directory} is not a bilayer-jax checkpoint: {path.name} is missing')
-  config = config_from_dict(json.loads(config_path.read_text()))
-  with np.load(variables_path, allow_pickle=False) as data:
-    flat = {k: data[k] for k in data.files}
+  try:
+    config = config_from_dict(json.loads(config_path.read_text()))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise CheckpointCorrupt(f'{config_path} is not a readable config ({e}); re-export the checkpoint') from None
+  try:  # every member of the .npz carries a CRC-32 written at save time; reading a member checks it
+    with np.load(variables_path, allow_pickle=False) as data:
+      flat = {k: data[k] for k in data.files}
+  except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
+    raise CheckpointCorrupt(f'{variables_path} is damaged ({type(e).__name__}: {e}); re-export the checkpoint '
+                            'from its training workdir') from None
   variables = unflatten(flat)
   check_shapes(config, variables)
   return config, variables

@@ -26,7 +26,7 @@ from bilayer_jax import model as model_lib
 from bilayer_jax.train import data as data_lib
 from bilayer_jax.train import parallel
 from bilayer_jax.train.bn_stats import standing_statistics
-from bilayer_jax.train.checkpoints import Checkpointer
+from bilayer_jax.train.checkpoints import CORRUPT_DIR, CheckpointCorrupt, Checkpointer
 from bilayer_jax.train.step import TrainState, base_forward, init_state, make_train_step
 from bilayer_jax.train.workdir_lock import workdir_lock
 from bilayer_jax.nn.layers import EVAL
@@ -161,25 +161,30 @@ def open_workdir(config, workdir, is_main: bool) -> pathlib.Path:
 
 
 def restore_or_start(checkpointer: Checkpointer, template: TrainState, is_main: bool):
-  """(host state, input position, step) of the newest checkpoint, or of a fresh run."""
-  start = checkpointer.latest_step()
-  if start is None:
+  """(host state, input position, step) of the newest checkpoint that verifies, or of a fresh run. A newer
+  one that fails is moved to WORKDIR/corrupt_checkpoints and named."""
+  if not checkpointer.all_steps():
     return template, 0, 0
-  host_state, meta = checkpointer.restore(start, template)
+  found = checkpointer.restore_newest_intact(template, log=lambda m: print(m, flush=True) if is_main else None)
+  if found is None:
+    raise CheckpointCorrupt(f'no checkpoint in {checkpointer.directory} reads back as written (each was moved to '
+                            f'{checkpointer.directory.parent / CORRUPT_DIR}); use a new --workdir to start over')
+  host_state, meta, start = found
   if is_main:
     print(f'resumed from step {start} (input position {meta["input_position"]})', flush=True)
   return host_state, int(meta['input_position']), start
 
 
-def check_finite(metrics: dict, step: int, checkpointer: Checkpointer, workdir: pathlib.Path) -> None:
+def check_finite(metrics: dict, step: int, checkpointer: Checkpointer, workdir: pathlib.Path, template) -> None:
   """Raise TrainingDiverged when a loss term is NaN/Inf. Losses decide: the health metrics (norms of huge
-  updates) may overflow a step earlier."""
+  updates) may overflow a step earlier. The message names a checkpoint only after it verified."""
   bad = [k for k, v in metrics.items() if scalar_tag(k).startswith('loss/') and not math.isfinite(v)]
   if bad:
     checkpointer.wait()
-    good = checkpointer.latest_step()
-    raise TrainingDiverged(f'loss {", ".join(bad)} is not finite at step {step}; stopping. The last good '
-                           f'checkpoint (step {good}) in {workdir / "checkpoints"} is intact.')
+    good = checkpointer.verified_latest_step(template)
+    where = (f'The last good checkpoint (step {good}) in {workdir / "checkpoints"} is intact (verified).'
+             if good is not None else f'No checkpoint in {workdir / "checkpoints"} verifies.')
+    raise TrainingDiverged(f'loss {", ".join(bad)} is not finite at step {step}; stopping. {where}')
 
 
 def write_scalars(writer, metrics: dict, step: int, seconds_per_step: float, batch_size: int) -> None:
@@ -230,7 +235,8 @@ def _train_holding_lock(config, workdir: pathlib.Path, progress: bool, is_main: 
   dp = build_step(config)
   checkpointer = Checkpointer(workdir / 'checkpoints', config.checkpoint_every, config.keep_checkpoints,
                               config.async_checkpoints)
-  host_state, position, start = restore_or_start(checkpointer, initial_state(config), is_main)
+  template = initial_state(config)
+  host_state, position, start = restore_or_start(checkpointer, template, is_main)
   state = dp.put_state(host_state)
   batches = data_lib.make_batches(config, position)
 
@@ -261,7 +267,7 @@ def _train_holding_lock(config, workdir: pathlib.Path, progress: bool, is_main: 
       step += 1
       position += 1
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      check_finite(metrics, step, checkpointer, workdir)
+      check_finite(metrics, step, checkpointer, workdir, template)
       history.append((step, metrics))
       bar.update(1)
       if step % config.log_every == 0 or step == num_steps:

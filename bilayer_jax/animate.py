@@ -24,11 +24,40 @@ class Summary:
   no_face: int = 0            # frames where the driver's face was not found: last pose reused
   leading_no_face: int = 0    # such frames before the first face: the first found pose used
   seconds_per_frame: float = 0.0
+  source_faces: int = 1       # faces found in the source photo
+  source_face: int = 0        # the one animated (0 = the largest)
+
+
+def check_output(out_path, overwrite: bool = False) -> pathlib.Path:
+  """The output video's path, refused before any work when it exists (unless overwrite) or is a folder."""
+  out_path = pathlib.Path(out_path)
+  if out_path.is_dir():
+    raise IsADirectoryError(f'--out {out_path} is a folder; give the path of an .mp4 file')
+  if out_path.exists() and not overwrite:
+    raise FileExistsError(f'{out_path} exists; choose another name or pass --overwrite')
+  return out_path
 
 
 def read_image(path) -> np.ndarray:
+  """A photo file -> uint8 RGB (H, W, 3); a clear error naming the file when it is not an image."""
   import imageio.v2 as imageio
-  image = np.asarray(imageio.imread(path))
+  from PIL import Image, ImageOps, UnidentifiedImageError
+
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'{path}: no such image file')
+  try:  # Pillow reads every still format users have; imageio is only the fallback for the rest
+    with Image.open(path) as opened:  # a phone photo's EXIF orientation applied, as every viewer shows it
+      image = np.asarray(ImageOps.exif_transpose(opened).convert('RGB'))
+  except UnidentifiedImageError:
+    try:
+      image = np.asarray(imageio.imread(path))
+    except Exception as e:  # imageio's message for an unknown format is a plugin-install hint
+      head = path.read_bytes()[:16]
+      raise ValueError(f'{path} is not an image file Pillow or imageio can read (it starts with {head!r}); '
+                       'give a JPEG, PNG, WebP or other still image') from e
+  except OSError as e:  # truncated or damaged image data
+    raise ValueError(f'{path} is a damaged image ({e})') from e
   if image.ndim == 2:
     image = np.repeat(image[..., None], 3, -1)
   return np.ascontiguousarray(image[..., :3]).astype(np.uint8)
@@ -37,6 +66,8 @@ def read_image(path) -> np.ndarray:
 def read_video(path, max_frames: int | None = None):
   """Frames of a video as uint8 RGB arrays, and its frame rate."""
   import imageio.v2 as imageio
+  if not pathlib.Path(path).is_file():
+    raise FileNotFoundError(f'{path}: no such video file')
   try:
     reader = imageio.get_reader(str(path), 'ffmpeg')
   except Exception as e:
@@ -87,21 +118,26 @@ def driver_keypoints(frames, backend, smoothing: float = 1.0, progress: bool = T
 
 def animate(model, photo: np.ndarray, frames, out_path, backend, fps: float = 25.0, enhance: bool = True,
             side_by_side: bool = False, smoothing: float = 1.0, render_backend: str = 'jax',
-            tflite_path=None, batch_size: int = 8, progress: bool = True, overwrite: bool = False) -> Summary:
-  """Animate `photo` (uint8 RGB) with `frames` (uint8 RGB list); writes an mp4 at out_path."""
+            tflite_path=None, batch_size: int = 8, progress: bool = True, overwrite: bool = False,
+            face: int | None = None) -> Summary:
+  """Animate `photo` (uint8 RGB) with `frames` (uint8 RGB list); writes an mp4 at out_path.
+
+  face: which face of the photo when it has several (0 = the largest, the default); the summary says which.
+  """
   import time
 
   import imageio.v2 as imageio
 
-  out_path = pathlib.Path(out_path)
-  if out_path.exists() and not overwrite:
-    raise FileExistsError(f'{out_path} exists; choose another name or pass --overwrite')
+  out_path = check_output(out_path, overwrite)
   size = model.config.image_size
-  source = crop_lib.prepare_face(photo, backend, size)
+  source = crop_lib.prepare_face(photo, backend, size, face=face)
+  if progress:
+    print(crop_lib.describe_choice(source, 'photo'), flush=True)
   if enhance and 'texture_enhancer' not in model.variables:
     enhance = False
   avatar = model.create_avatar(source['image'], source['keypoints'], enhance=enhance)
   keypoints, boxes, summary = driver_keypoints(frames, backend, smoothing, progress)
+  summary.source_faces, summary.source_face = source['faces_found'], source['face_index']
 
   if render_backend == 'tflite':
     # An exported graph holds one avatar: it must have been exported from this same photo.
@@ -120,26 +156,33 @@ def animate(model, photo: np.ndarray, frames, out_path, backend, fps: float = 25
   writer = imageio.get_writer(str(tmp), 'ffmpeg', fps=fps, macro_block_size=8, quality=8)
   start = time.time()
   try:
-    for i in tqdm(range(0, len(frames), batch_size), desc='render', disable=not progress):
-      images = render(keypoints[i:i + batch_size])
-      for j, image in enumerate(images):
-        out = to_uint8(image)
-        if side_by_side:
-          driver = crop_lib.crop_image(np.ascontiguousarray(frames[i + j]), boxes[i + j], size)
-          out = np.concatenate([driver, out], axis=1)
-        writer.append_data(out)
-        summary.rendered += 1
-  finally:
-    writer.close()
+    try:
+      for i in tqdm(range(0, len(frames), batch_size), desc='render', disable=not progress):
+        images = render(keypoints[i:i + batch_size])
+        for j, image in enumerate(images):
+          out = to_uint8(image)
+          if side_by_side:
+            driver = crop_lib.crop_image(np.ascontiguousarray(frames[i + j]), boxes[i + j], size)
+            out = np.concatenate([driver, out], axis=1)
+          writer.append_data(out)
+          summary.rendered += 1
+    finally:
+      writer.close()
+  except BaseException:  # interrupted or failed: no half-written video stays behind
+    tmp.unlink(missing_ok=True)
+    raise
   tmp.replace(out_path)
   summary.seconds_per_frame = (time.time() - start) / max(summary.rendered, 1)
   return summary
 
 
 def format_summary(summary: Summary, out_path) -> str:
+  faces = (f'; face {summary.source_face} of the {summary.source_faces} in the photo (--face N picks another)'
+           if summary.source_faces > 1 else '')
   return (f'wrote {out_path}: {summary.rendered} frames ({summary.seconds_per_frame * 1000:.1f} ms/frame); '
           f'{summary.no_face} driver frames without a face reused the last pose'
-          + (f' ({summary.leading_no_face} at the start used the first found pose)' if summary.leading_no_face else ''))
+          + (f' ({summary.leading_no_face} at the start used the first found pose)' if summary.leading_no_face else '')
+          + faces)
 
 
 def summary_json(summary: Summary) -> str:

@@ -87,13 +87,28 @@ def save(directory, config, variables: dict, overwrite: bool = False) -> pathlib
   return directory
 
 
+def _training_workdir_hint(directory: pathlib.Path) -> str:
+  """For a `bilayer-jax train` workdir given where a checkpoint belongs: where its inference checkpoints are."""
+  exports = sorted((directory / 'inference').glob('step_*/' + CONFIG_FILE))
+  if exports:
+    return (f'; it is a training workdir: its newest inference checkpoint is {exports[-1].parent} '
+            f'({len(exports)} in {directory / "inference"})')
+  if (directory / 'checkpoints').is_dir():
+    return ('; it is a training workdir without an inference checkpoint yet: training writes one to '
+            f'{directory / "inference" / "step_N"} when it finishes (rerun the same train command to finish)')
+  return ''
+
+
 def load(directory) -> tuple[ml_collections.ConfigDict, dict]:
   """Read (config, variables) from a checkpoint folder, checking every array's shape against the config."""
   directory = pathlib.Path(directory)
   config_path, variables_path = directory / CONFIG_FILE, directory / VARIABLES_FILE
+  if not directory.exists():
+    raise FileNotFoundError(f'{directory}: no such checkpoint folder')
   for path in (config_path, variables_path):
     if not path.is_file():
-      raise FileNotFoundError(f'{directory} is not a bilayer-jax checkpoint: {path.name} is missing')
+      raise FileNotFoundError(f'{directory} is not a bilayer-jax checkpoint: {path.name} is missing'
+                              + _training_workdir_hint(directory))
   try:
     config = config_from_dict(json.loads(config_path.read_text()))
   except (UnicodeDecodeError, json.JSONDecodeError) as e:

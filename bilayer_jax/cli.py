@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import signal
 import sys
+
+from bilayer_jax import user_errors
 
 
 def _load_config(spec: str):
@@ -49,12 +52,8 @@ def cmd_import_torch(args) -> int:
   from bilayer_jax.interop import torch_checkpoint
 
   out = pathlib.Path(args.out)
-  try:
-    _, config, variables = torch_checkpoint.import_to_checkpoint(
-        args.run_dir, out, epoch=args.epoch, networks=args.networks, overwrite=args.overwrite)
-  except (FileExistsError, FileNotFoundError, ValueError, ImportError) as e:
-    print(f'import-torch: {e}', file=sys.stderr)
-    return 2
+  _, config, variables = torch_checkpoint.import_to_checkpoint(
+      args.run_dir, out, epoch=args.epoch, networks=args.networks, overwrite=args.overwrite)
   counts = complexity.parameter_counts(config)
   print(f'wrote {out}')
   for name in variables:
@@ -64,8 +63,8 @@ def cmd_import_torch(args) -> int:
   return 0
 
 
-# Exit codes of `bilayer-jax train` (README, Training): a scheduler tells a finished run from one to requeue.
-EXIT_BAD_INPUT = 2      # the config, the workdir (in use by another trainer, a file) or the data
+# Exit codes (README, Exit codes): a scheduler tells a finished run from one to requeue.
+EXIT_BAD_INPUT = 2      # every command: a user fault (user_errors: the config, a file, the disk, the workdir in use)
 EXIT_DIVERGED = 3       # a loss went NaN/Inf; the last good checkpoint is kept
 EXIT_STOPPED = 75       # SIGTERM (preemption): state saved, rerun to continue (sysexits' EX_TEMPFAIL)
 
@@ -81,7 +80,7 @@ def cmd_train(args, overrides) -> int:
   except loop.TrainingDiverged as e:
     print(f'train: {e}', file=sys.stderr)
     return EXIT_DIVERGED
-  except (ValueError, FileNotFoundError, WorkdirBusy) as e:
+  except WorkdirBusy as e:
     print(f'train: {e}', file=sys.stderr)
     return EXIT_BAD_INPUT
   if summary.get('stopped'):
@@ -96,19 +95,16 @@ def cmd_animate(args) -> int:
   import bilayer_jax
   from bilayer_jax import animate
   from data_pipelines.faces import landmarks
-  from data_pipelines.faces.crop import NoFaceError
 
-  try:
-    model = bilayer_jax.load(args.checkpoint)
-    backend = landmarks.make_backend(args.landmarks)
-    photo = animate.read_image(args.source)
-    frames, fps = animate.read_video(args.driver, args.max_frames)
-    summary = animate.animate(model, photo, frames, args.out, backend, fps=fps, enhance=not args.no_enhance,
-                              side_by_side=args.side_by_side, smoothing=args.smoothing,
-                              render_backend=args.backend, tflite_path=args.tflite, overwrite=args.overwrite)
-  except (NoFaceError, FileExistsError, FileNotFoundError, ValueError) as e:
-    print(f'animate: {e}', file=sys.stderr)
-    return 2
+  animate.check_output(args.out, args.overwrite)  # before any loading or decoding
+  model = bilayer_jax.load(args.checkpoint)
+  backend = landmarks.make_backend(args.landmarks)
+  photo = animate.read_image(args.source)
+  frames, fps = animate.read_video(args.driver, args.max_frames)
+  summary = animate.animate(model, photo, frames, args.out, backend, fps=fps, enhance=not args.no_enhance,
+                            side_by_side=args.side_by_side, smoothing=args.smoothing,
+                            render_backend=args.backend, tflite_path=args.tflite, overwrite=args.overwrite,
+                            face=args.face)
   print(animate.format_summary(summary, args.out))
   return 0
 
@@ -133,16 +129,16 @@ def cmd_export(args) -> int:
   from data_pipelines.faces import crop as crop_lib
   from data_pipelines.faces import landmarks
 
-  try:
-    import bilayer_jax
-    size = bilayer_jax.checkpoint.load(args.checkpoint)[0].image_size
-    face = crop_lib.prepare_face(animate.read_image(args.source), landmarks.make_backend(args.landmarks), size)
-    report = tflite.export_checkpoint(args.checkpoint, face['image'], face['keypoints'], None, args.out,
-                                      enhance=False if args.no_enhance else None, with_mask=args.with_mask,
-                                      allow_cpu_ops=args.allow_cpu_ops, latency_runs=args.latency_runs)
-  except (crop_lib.NoFaceError, FileExistsError, FileNotFoundError, ValueError) as e:
-    print(f'export: {e}', file=sys.stderr)
-    return 2
+  import bilayer_jax
+
+  tflite.check_output(args.out)  # before any loading or converting
+  photo = animate.read_image(args.source)
+  size = bilayer_jax.checkpoint.load(args.checkpoint)[0].image_size
+  face = crop_lib.prepare_face(photo, landmarks.make_backend(args.landmarks), size, face=args.face)
+  print(crop_lib.describe_choice(face, args.source))
+  report = tflite.export_checkpoint(args.checkpoint, face['image'], face['keypoints'], None, args.out,
+                                    enhance=False if args.no_enhance else None, with_mask=args.with_mask,
+                                    allow_cpu_ops=args.allow_cpu_ops, latency_runs=args.latency_runs)
   print(json.dumps(report, indent=2, default=str)[:3000])
   print(f'wrote {args.out}')
   return 0
@@ -160,25 +156,21 @@ def cmd_evaluate(args) -> int:
   from bilayer_jax import evaluate
   from data_pipelines import videos
 
-  try:
-    model = bilayer_jax.load(args.checkpoint)
-    data = list(videos.iter_videos(args.data, args.split, max_videos=args.max_videos, max_frames=args.max_frames))
-    if not data:
-      raise ValueError(f'no videos in split {args.split!r} of {args.data}')
-    scorer = evaluate.Scorer()
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    enhance = not args.no_enhance
-    for name, fn in (('self_reenactment', evaluate.self_reenactment), ('cross_identity', evaluate.cross_identity)):
-      if name == 'cross_identity' and len(data) < 2:
-        print('cross-identity needs two videos or more; skipped')
-        continue
-      result = fn(model, data, scorer, max_targets=args.max_targets, enhance=enhance)
-      evaluate.write(result, out / f'{name}.json', out / f'{name}.md', checkpoint=args.checkpoint, data=args.data)
-      print(evaluate.markdown(result, checkpoint=args.checkpoint, data=args.data))
-  except (FileNotFoundError, ValueError) as e:
-    print(f'evaluate: {e}', file=sys.stderr)
-    return 2
+  model = bilayer_jax.load(args.checkpoint)
+  data = list(videos.iter_videos(args.data, args.split, max_videos=args.max_videos, max_frames=args.max_frames))
+  if not data:
+    raise ValueError(f'no videos in split {args.split!r} of {args.data}')
+  scorer = evaluate.Scorer()
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  enhance = not args.no_enhance
+  for name, fn in (('self_reenactment', evaluate.self_reenactment), ('cross_identity', evaluate.cross_identity)):
+    if name == 'cross_identity' and len(data) < 2:
+      print('cross-identity needs two videos or more; skipped')
+      continue
+    result = fn(model, data, scorer, max_targets=args.max_targets, enhance=enhance)
+    evaluate.write(result, out / f'{name}.json', out / f'{name}.md', checkpoint=args.checkpoint, data=args.data)
+    print(evaluate.markdown(result, checkpoint=args.checkpoint, data=args.data))
   return 0
 
 
@@ -195,13 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='bilayer-jax', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest='command', required=True)
+  common = argparse.ArgumentParser(add_help=False)
+  common.add_argument('--debug', action='store_true',
+                      help=f'show the traceback of an error instead of its one-line message (or {user_errors.DEBUG_ENV}=1)')
+  add = lambda name, **kw: sub.add_parser(name, parents=[common], **kw)
 
-  p = sub.add_parser('info', help='parameter and MAC counts of every network')
+  p = add('info', help='parameter and MAC counts of every network')
   p.add_argument('--config', default='paper', help='model size (paper, small, tiny, micro) or an experiment config')
   p.add_argument('--no-harmonics', action='store_true', help='count the keypoints embedder without harmonics')
   p.set_defaults(func=cmd_info)
 
-  p = sub.add_parser('import-torch', help="convert the authors' PyTorch run folder to a checkpoint")
+  p = add('import-torch', help="convert the authors' PyTorch run folder to a checkpoint")
   p.add_argument('run_dir', help='folder with args.txt and checkpoints/{epoch}_{network}.pth')
   p.add_argument('--epoch', type=int, default=None, help='epoch to import (default: the latest found)')
   p.add_argument('--out', required=True, help='checkpoint folder to write (must not exist)')
@@ -209,14 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--overwrite', action='store_true', help='replace an existing --out folder')
   p.set_defaults(func=cmd_import_torch)
 
-  p = sub.add_parser('train', help='train (or resume) a model; overrides as --config.key=value')
+  p = add('train', help='train (or resume) a model; overrides as --config.key=value')
   p.add_argument('--config', required=True,
                  help='a packaged experiment (base_model, texture_enhancer, tiny_cpu, demo) or a .py file, '
                       'each with :OPTIONS (comma-separated; see the config)')
   p.add_argument('--workdir', required=True, help='checkpoints, TensorBoard logs, images, exports')
   p.set_defaults(func=cmd_train, takes_overrides=True)
 
-  p = sub.add_parser('animate', help='drive a photo with a video')
+  p = add('animate', help='drive a photo with a video')
   p.add_argument('--checkpoint', required=True)
   p.add_argument('--source', required=True, help='photo of the person to animate')
   p.add_argument('--driver', required=True, help='driving video')
@@ -226,15 +222,20 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--side-by-side', action='store_true', help='write driver | output')
   p.add_argument('--no-enhance', action='store_true', help='skip the texture enhancer')
   p.add_argument('--landmarks', default='dlib', help='landmark backend: dlib or face-alignment')
+  p.add_argument('--face', type=int, default=None,
+                 help='which face of the photo to animate when it has several: 0 = the largest (default), 1 = the '
+                      'next largest, ...')
   p.add_argument('--smoothing', type=float, default=1.0, help='temporal smoothing of driver landmarks (frames)')
   p.add_argument('--max-frames', type=int, default=None)
   p.add_argument('--overwrite', action='store_true')
   p.set_defaults(func=cmd_animate)
 
-  p = sub.add_parser('export', help='FP16/FP32 TFLite graphs of one avatar for the phone GPU')
+  p = add('export', help='FP16/FP32 TFLite graphs of one avatar for the phone GPU')
   p.add_argument('checkpoint')
   p.add_argument('--source', required=True, help='photo whose avatar is baked into the graph')
   p.add_argument('--out', required=True, help='folder for model_fp16.tflite, model_fp32.tflite, report.json')
+  p.add_argument('--face', type=int, default=None,
+                 help='which face of the photo to export when it has several: 0 = the largest (default), ...')
   p.add_argument('--with-mask', action='store_true', help='also output the predicted mask')
   p.add_argument('--allow-cpu-ops', action='store_true', help='write a graph even if the GPU delegate rejects it')
   p.add_argument('--no-enhance', action='store_true')
@@ -244,13 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
 
   try:
     from data_pipelines import preprocess as preprocess_lib
-    p = sub.add_parser('preprocess', help='raw face videos -> sharded training records (+ manifest)')
+    p = add('preprocess', help='raw face videos -> sharded training records (+ manifest)')
     preprocess_lib.build_parser(p)
     p.set_defaults(func=cmd_preprocess)
   except ImportError:  # data_pipelines is not importable outside a source checkout
     pass
 
-  p = sub.add_parser('evaluate', help="the paper's self-reenactment and cross-identity protocols")
+  p = add('evaluate', help="the paper's self-reenactment and cross-identity protocols")
   p.add_argument('--checkpoint', required=True)
   p.add_argument('--data', required=True, help='a bilayer-jax preprocess output folder')
   p.add_argument('--split', default='test')
@@ -261,13 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--no-enhance', action='store_true')
   p.set_defaults(func=cmd_evaluate)
 
-  p = sub.add_parser('demo', help='the quickstart: preprocess, train, evaluate, export and report on CPU')
+  p = add('demo', help='the quickstart: preprocess, train, evaluate, export and report on CPU')
   p.add_argument('--out', default='demo_out')
   p.add_argument('--minutes', type=float, default=14.0, help='training time limit')
   p.add_argument('--steps', type=int, default=None, help='training steps (default: experiments/demo.py)')
   p.set_defaults(func=cmd_demo)
 
-  p = sub.add_parser('tables', help="the paper's tables (complexity, speed, quality) as Markdown + a plot")
+  p = add('tables', help="the paper's tables (complexity, speed, quality) as Markdown + a plot")
   p.add_argument('--out', required=True)
   p.add_argument('--evaluation', default=None, help='JSON written by bilayer-jax evaluate')
   p.add_argument('--export-report', default=None, help='report.json written by bilayer-jax export')
@@ -277,17 +278,37 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+EXIT_TERMINATED = 143  # SIGTERM ended a command other than train (128 + 15); its partial outputs are removed
+
+
+class Terminated(BaseException):
+  """SIGTERM, raised in the main thread so that every `finally` (temporary files, partial outputs) runs."""
+
+
+def _terminate(signum, frame):
+  raise Terminated()
+
+
 def main(argv=None) -> int:
   from bilayer_jax import runtime
   if argv is None:  # started as a command, not called from Python
     runtime.setup_allocator()
   runtime.configure_xla_cpu()  # no effect once JAX's backend exists (in-process callers)
   args, rest = build_parser().parse_known_args(argv)
-  if getattr(args, 'takes_overrides', False):
-    return args.func(args, rest)
-  if rest:
+  if rest and not getattr(args, 'takes_overrides', False):
     raise SystemExit(f'unrecognized arguments: {" ".join(rest)}')
-  return args.func(args)
+  if argv is None and args.command != 'train':  # train stops gracefully on SIGTERM itself (exit 75)
+    signal.signal(signal.SIGTERM, _terminate)
+  try:
+    return args.func(args, rest) if getattr(args, 'takes_overrides', False) else args.func(args)
+  except Terminated:
+    print(f'{args.command}: stopped by SIGTERM; partial outputs removed', file=sys.stderr)
+    return EXIT_TERMINATED
+  except user_errors.USER_FAULTS as e:
+    if user_errors.debug_requested(getattr(args, 'debug', False)):
+      raise
+    print(f'{args.command}: {user_errors.describe(e)}  (--debug shows the traceback)', file=sys.stderr)
+    return EXIT_BAD_INPUT
 
 
 if __name__ == '__main__':

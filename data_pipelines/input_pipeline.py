@@ -32,8 +32,8 @@ Batch structure (b = per-host batch, n / t = source / target frames, S = image_s
 from __future__ import annotations
 
 import atexit
-import json
 import math
+import re
 import pathlib
 import threading
 import weakref
@@ -52,10 +52,7 @@ class VideoIndex:
 
   def __init__(self, data_dir, split: str):
     data_dir = pathlib.Path(data_dir)
-    manifest_path = data_dir / 'manifest.json'
-    if not manifest_path.is_file():
-      raise FileNotFoundError(f'{manifest_path} not found: not a finished `bilayer-jax preprocess` output')
-    manifest = json.loads(manifest_path.read_text())
+    manifest = records.read_manifest(data_dir)
     if split not in manifest['splits']:
       raise ValueError(f'split {split!r} not in {data_dir} (has {sorted(manifest["splits"])})')
     info = manifest['splits'][split]
@@ -84,12 +81,10 @@ class FrameReader:
   def _reader(self, shard: int):
     reader = self._readers.get(shard)
     if reader is None:
-      from array_record.python import array_record_module
-
       with self._lock:
         reader = self._readers.get(shard)
         if reader is None:
-          reader = array_record_module.ArrayRecordReader(self.index.paths[shard], 'readahead_buffer_size:0')
+          reader = records.open_shard(self.index.paths[shard])
           self._readers[shard] = reader
     return reader
 
@@ -98,7 +93,12 @@ class FrameReader:
     record_ids = np.asarray(record_ids, np.int64)
     shard = int(np.searchsorted(self.index.offsets, record_ids[0], side='right') - 1)
     positions = (record_ids - self.index.offsets[shard]).tolist()
-    return np.array(self._reader(shard).read(positions), dtype=object)
+    try:
+      return np.array(self._reader(shard).read(positions), dtype=object)
+    except records.ShardCorrupt:
+      raise
+    except Exception as e:  # Riegeli's "Corrupted ... file" names no file: say which shard it was
+      raise records.shard_damaged(self.index.paths[shard], e) from e
 
 
 def steps_per_epoch(num_videos: int, global_batch: int) -> int:
@@ -227,6 +227,9 @@ def make_tf_dataset(data_dir, split: str = 'train', global_batch: int = 8, seed:
   return ds.prefetch(prefetch)
 
 
+_DAMAGED_SHARD = re.compile(r'\S+ is damaged \(.*?\); move it aside .*? keeps the others')
+
+
 class Batches:
   """Iterator of numpy batch dicts over a tf.data.Dataset.
 
@@ -250,9 +253,18 @@ class Batches:
     return self
 
   def __next__(self) -> dict:
+    import tensorflow as tf
+
     if self._iterator is None:
       raise StopIteration
-    return {key: value.numpy() for key, value in next(self._iterator).items()}
+    try:
+      batch = next(self._iterator)
+    except tf.errors.OpError as e:  # a record read inside tf.data failed: TF wraps our error in its own
+      damaged = _DAMAGED_SHARD.search(e.message)
+      if damaged:
+        raise records.ShardCorrupt(damaged.group(0)) from None
+      raise
+    return {key: value.numpy() for key, value in batch.items()}
 
   def close(self):
     self._iterator = None

@@ -41,7 +41,7 @@ from data_pipelines.config import Config
 log = logging.getLogger('bilayer_jax.preprocess')
 
 PLAN_FILE = 'plan.json'
-MANIFEST_FILE = 'manifest.json'
+MANIFEST_FILE = records.MANIFEST_FILE
 REPORTS_DIR = 'shards'
 FORMAT_VERSION = 'bilayer-faces/1'
 
@@ -213,7 +213,7 @@ def preprocess(input_dir, output_dir, config: Config = Config(), num_workers: Op
     manifest = _finish(out, plan, config, scan_skipped, input_dir)
     summary['manifest_written'] = True
   else:
-    manifest = json.loads(manifest_path.read_text())
+    manifest = records.read_manifest(out)
     summary['manifest_written'] = False
   summary['total'] = manifest['counts']
   summary['splits'] = {s: {k: v for k, v in d.items() if k in ('videos', 'frames', 'persons')}

@@ -24,6 +24,7 @@ video's [video_id, shard, first record in the shard, number of frames]. Features
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 
@@ -110,17 +111,63 @@ def write_shard(path, records) -> int:
   return count
 
 
-def read_records(path, indices=None) -> list:
-  """Records of one ArrayRecord file (all, or those at `indices`) as bytes."""
+class ShardCorrupt(ValueError):
+  """A shard file that cannot be read back."""
+
+
+def shard_damaged(path, error: Exception) -> ShardCorrupt:
+  first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+  return ShardCorrupt(f'{path} is damaged ({first}); move it aside and rerun the same `bilayer-jax preprocess` '
+                      'command: it writes the missing shard again and keeps the others')
+
+
+def open_shard(path):
+  """An ArrayRecordReader of one shard; a damaged file raises ShardCorrupt naming it."""
   from array_record.python import array_record_module
 
-  reader = array_record_module.ArrayRecordReader(str(path), 'readahead_buffer_size:0')
+  try:
+    return array_record_module.ArrayRecordReader(str(path), 'readahead_buffer_size:0')
+  except Exception as e:  # array_record raises RuntimeError/OSError with Riegeli's text, no file name
+    raise shard_damaged(path, e) from e
+
+
+def read_records(path, indices=None) -> list:
+  """Records of one ArrayRecord file (all, or those at `indices`) as bytes."""
+  reader = open_shard(path)
   try:
     if indices is None:
       indices = range(reader.num_records())
-    return list(reader.read(list(indices))) if len(indices) else []
-  finally:
-    reader.close()
+    found = list(reader.read(list(indices))) if len(indices) else []
+    reader.close()  # closing checks the rest of the file too
+    return found
+  except Exception as e:
+    with contextlib.suppress(Exception):  # a reader that failed may fail again on close
+      reader.close()
+    raise shard_damaged(path, e) from e
+
+
+MANIFEST_FILE = 'manifest.json'
+
+
+def read_manifest(data_dir) -> dict:
+  """DATA_DIR/manifest.json, checked to be one `bilayer-jax preprocess` wrote (a clear error naming it if not)."""
+  import json
+
+  path = pathlib.Path(data_dir) / MANIFEST_FILE
+  if not path.is_file():
+    raise FileNotFoundError(f'{path} not found: not a finished `bilayer-jax preprocess` output')
+  redo = ('; move it aside and rerun the same `bilayer-jax preprocess` command: it writes the manifest again '
+          'from the finished shards')
+  try:
+    manifest = json.loads(path.read_text(encoding='utf-8'))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f'{path} is not a readable manifest ({type(e).__name__}: {e}){redo}') from None
+  splits = manifest.get('splits') if isinstance(manifest, dict) else None
+  if not isinstance(splits, dict) or 'image_size' not in manifest or not all(
+      isinstance(v, dict) and {'shards', 'shard_records', 'index'} <= v.keys() for v in splits.values()):
+    raise ValueError(f'{path} is JSON but not a bilayer-jax manifest (no splits with shards, shard_records and '
+                     f'index, or no image_size){redo}')
+  return manifest
 
 
 def write_tfds_metadata(data_dir, image_size: int, shard_lengths: dict, shard_bytes: dict,

@@ -12,8 +12,9 @@ mask (S, S, 1) uint8, keypoints (68, 2) float32 in [-1, 1], video_id / clip byte
 """
 from __future__ import annotations
 
-import json
 import pathlib
+
+from data_pipelines import records
 
 
 def builder(data_dir):
@@ -33,7 +34,7 @@ def frames(data_dir, split: str = 'train'):
 
 def video_frames(data_dir, split: str, video_id: str) -> list:
   """All stored frames of one video, in order (positions as in input_pipeline's *_frame)."""
-  manifest = json.loads((pathlib.Path(data_dir) / 'manifest.json').read_text())
+  manifest = records.read_manifest(data_dir)
   info = manifest['splits'][split]
   for name, shard, offset, count in info['index']:
     if name == video_id:

@@ -100,3 +100,24 @@ def test_a_damaged_inference_checkpoint_is_refused_with_its_file_named(tmp_path,
   {'flip_bytes': flip_bytes, 'truncate': truncate}[damage](out / checkpoint_lib.VARIABLES_FILE)
   with pytest.raises(CheckpointCorrupt, match='variables.npz is damaged'):
     checkpoint_lib.load(out)
+
+
+def test_a_save_the_disk_cannot_hold_is_refused_before_writing(tmp_path, template, monkeypatch):
+  import errno
+  import shutil
+
+  from bilayer_jax import user_errors
+
+  ck = save_two(tmp_path / 'checkpoints', template)
+  total = shutil.disk_usage(tmp_path)
+  monkeypatch.setattr(shutil, 'disk_usage', lambda path: total._replace(free=1 << 20))
+  with pytest.raises(OSError) as error:
+    ck.save(3, template, {'input_position': 3, 'step': 3})
+  assert error.value.errno == errno.ENOSPC
+  line = user_errors.describe(error.value)
+  assert line.startswith(str(tmp_path / 'checkpoints')) and 'MiB free' in line and 'intact' in line
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['1', '2']  # nothing partial
+  monkeypatch.setattr(shutil, 'disk_usage', lambda path: total)
+  assert ck.save(3, template, {'input_position': 3, 'step': 3})
+  ck.wait()
+  assert ck.all_steps() == [1, 2, 3]

@@ -211,6 +211,35 @@ def test_incompatible_graph_is_refused_unless_allowed(tiny_model, avatar, tmp_pa
       np.zeros((1, 136), np.float32))
 
 
+def test_the_converters_temporary_files_never_stay_behind(tiny_model, avatar, tmp_path, monkeypatch):
+  import os
+  import subprocess
+  import sys
+  import tempfile
+
+  monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))  # the system temp folder, for this test
+  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+  stale = tmp_path / f'{convert.SCRATCH_PREFIX}{int(dead.stdout)}-abc'  # left by a killed export
+  (stale / 'saved_model').mkdir(parents=True)
+  alive = tmp_path / f'{convert.SCRATCH_PREFIX}{os.getppid()}-xyz'  # a running export's: kept
+  alive.mkdir()
+  seen = []
+  real = convert.to_tflite
+
+  def interrupted(function, fp16):
+    seen.append(sorted(p.name for p in tmp_path.iterdir()))
+    real(function, fp16)
+    raise KeyboardInterrupt  # a Ctrl-C after the first file is converted
+
+  monkeypatch.setattr(convert, 'to_tflite', interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    tflite.export_avatar(tiny_model, avatar, tmp_path / 'out', latency_runs=0, num_poses=1)
+  ours = [name for name in seen[0] if name.startswith(f'{convert.SCRATCH_PREFIX}{os.getpid()}-')]
+  assert len(ours) == 1 and stale.name not in seen[0]  # the converter ran inside a folder of this process
+  assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name]  # and nothing of it is left
+  assert tempfile.tempdir == str(tmp_path)
+
+
 def test_export_checkpoint(tiny_model, tmp_path):
   ckpt = checkpoint.save(tmp_path / 'ckpt', tiny_model.config, tiny_model.variables)
   image, keypoints, mask = source(seed=3)

@@ -120,3 +120,28 @@ def test_batchnorm_running_variance_is_copied_unchanged():
   _, variables = torch_checkpoint.import_run(RUN, networks=['discriminator'])
   np.testing.assert_array_equal(variables['discriminator']['batch_stats']['final_norm']['var'],
                                 state['net.final_block.0.running_var'].numpy())
+
+
+class _RunsCode:
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    import os
+    return (os.system, (f'touch {self.marker}',))
+
+
+def test_a_pth_that_would_run_code_is_refused_without_advice_to_unsafe_loading(tmp_path):
+  from bilayer_jax.interop.state_dict import read_state_dict
+
+  marker = tmp_path / 'ran'
+  evil = tmp_path / 'evil.pth'
+  torch.save({'weight': torch.zeros(2), 'payload': _RunsCode(marker)}, evil)
+  with pytest.raises(ValueError, match=r'evil.pth holds pickled Python objects besides tensors \(it names '
+                                       r'(posix|os)\.system\).*not read') as error:
+    read_state_dict(evil, 'the discriminator')
+  assert 'weights_only=False' not in str(error.value) and not marker.exists()
+  garbage = tmp_path / 'garbage.pth'
+  garbage.write_bytes(b'not a torch file')
+  with pytest.raises(ValueError, match='is not a PyTorch state dict'):
+    read_state_dict(garbage, 'x')

@@ -179,3 +179,42 @@ def test_bad_arguments_are_refused(data_dir, tmp_path):
     input_pipeline.make_dataset(data_dir, split='validation', process_index=0, process_count=1)
   with pytest.raises(FileNotFoundError, match='manifest'):
     input_pipeline.make_dataset(tmp_path, process_index=0, process_count=1)
+
+
+def test_a_damaged_manifest_is_named_with_what_to_do(data_dir, tmp_path):
+  import shutil
+
+  from data_pipelines import records
+
+  copy = tmp_path / 'copy'
+  shutil.copytree(data_dir, copy)
+  (copy / 'manifest.json').write_bytes(np.random.default_rng(0).bytes(300))
+  with pytest.raises(ValueError, match=r'copy/manifest.json is not a readable manifest .*rerun the same'):
+    input_pipeline.make_dataset(copy, process_index=0, process_count=1)
+  (copy / 'manifest.json').write_text(json.dumps({'splits': {'train': {'videos': 3}}}))
+  with pytest.raises(ValueError, match='is JSON but not a bilayer-jax manifest'):
+    records.read_manifest(copy)
+
+
+def test_a_damaged_shard_is_named_and_a_rerun_of_preprocess_writes_it_again(data_dir, tmp_path):
+  import shutil
+
+  from data_pipelines import records
+
+  copy = tmp_path / 'copy'
+  shutil.copytree(data_dir, copy)
+  shard = sorted(copy.glob('*.array_record-*'))[1]
+  original = shard.read_bytes()
+  shard.write_bytes(original[:len(original) // 2])
+  with pytest.raises(records.ShardCorrupt, match=rf'{shard.name} is damaged \(.*\); move it aside and rerun'):
+    take(copy, 12, global_batch=2)  # 24 videos drawn from 10: the damaged shard's 4 among them
+  with pytest.raises(records.ShardCorrupt, match=shard.name):
+    records.read_records(shard)
+  # what the message says to do: the rerun writes only that shard, and it is the original again
+  shard.rename(tmp_path / 'aside')
+  inputs = data_dir.parent / 'in'
+  before = {p.name: p.stat().st_mtime_ns for p in copy.glob('*.array_record-*')}
+  config = Config(segmenter='selfie' if segmentation.find_selfie_model() else 'none', videos_per_shard=4)
+  preprocess.preprocess(inputs, copy, config, num_workers=0, progress=False)
+  assert shard.read_bytes() == original
+  assert {p.name: p.stat().st_mtime_ns for p in copy.glob('*.array_record-*') if p != shard} == before

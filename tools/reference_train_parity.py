@@ -472,7 +472,7 @@ def format_rows(rows) -> str:
   failed = [r for r in rows if not r['ok']]
   worst = max(rows, key=lambda r: r['error'])
   lines.append(f'summary: {len(rows) - len(failed)}/{len(rows)} within {BOUND:g}; worst {worst["kind"]} '
-               f'{worst["name"]} {worst["error"]:.2e}' + ('' if not failed else f'; FAILED: '
+               f'{worst["name"]} {worst["error"]:.2e}' + ('' if not failed else '; FAILED: '
                + ', '.join(f'{r["kind"]} {r["name"]}' for r in failed)))
   return '\n'.join(lines)
 

@@ -5,7 +5,12 @@ converter writes builtin ops only, the FP16 file with float16 weights and DEQUAN
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import pathlib
+import shutil
+import tempfile
 
 import numpy as np
 
@@ -44,9 +49,45 @@ def to_tflite(function, fp16: bool) -> bytes:
   return bytes(converter.convert())
 
 
+SCRATCH_PREFIX = 'bilayer-export-'
+
+
+def _running(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's process
+    return True
+  return True
+
+
+@contextlib.contextmanager
+def scratch_tempdir():
+  """tempfile's folder, for the duration, is one of this process's own, removed on every exit.
+
+  The TFLite converter saves a SavedModel under tempfile's folder and removes it only when Python reaches its
+  `finally`; a killed export used to leave it in /tmp. Folders left by processes that no longer run (kill -9)
+  are removed the next time.
+  """
+  base = pathlib.Path(tempfile.gettempdir())
+  for stale in base.glob(SCRATCH_PREFIX + '*'):
+    pid = stale.name[len(SCRATCH_PREFIX):].split('-')[0]
+    if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+      shutil.rmtree(stale, ignore_errors=True)
+  scratch = tempfile.mkdtemp(prefix=f'{SCRATCH_PREFIX}{os.getpid()}-', dir=base)
+  previous, tempfile.tempdir = tempfile.tempdir, scratch
+  try:
+    yield pathlib.Path(scratch)
+  finally:
+    tempfile.tempdir = previous
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
 def convert(folded: fold_lib.FoldedFrame, with_mask: bool = False, fp32_warp: str = 'taps',
             fp16_warp: str = 'patches') -> tuple[bytes, bytes]:
   """(FP32 bytes, FP16 bytes). By default the FP32 file samples with 'taps' (exact in float32, cheap on
   a CPU) and the FP16 file, meant for a GPU computing in FP16, with 'patches' (see tf_warp)."""
-  return (to_tflite(tf_frame_function(folded, with_mask, fp32_warp), fp16=False),
-          to_tflite(tf_frame_function(folded, with_mask, fp16_warp), fp16=True))
+  with scratch_tempdir():
+    return (to_tflite(tf_frame_function(folded, with_mask, fp32_warp), fp16=False),
+            to_tflite(tf_frame_function(folded, with_mask, fp16_warp), fp16=True))

@@ -56,6 +56,17 @@ def _versions() -> dict:
   return out
 
 
+def check_output(out_dir) -> pathlib.Path:
+  """The export folder, refused before any work when it is a file or already holds an export's files."""
+  out_dir = pathlib.Path(out_dir)
+  if out_dir.exists() and not out_dir.is_dir():
+    raise NotADirectoryError(f'--out {out_dir} is a file; give a folder for the export')
+  existing = [name for name in FILES if (out_dir / name).exists()]
+  if existing:
+    raise FileExistsError(f'{out_dir} already holds {", ".join(existing)}; choose another folder or remove them')
+  return out_dir
+
+
 def export_avatar(model, avatar, out_dir, with_mask: bool = False, allow_cpu_ops: bool = False,
                   latency_runs: int = 50, keypoints=None, num_poses: int = 8, seed: int = 0,
                   fp32_tolerance: float = 1e-3, fp32_warp: str = 'taps', fp16_warp: str = 'patches') -> dict:
@@ -75,9 +86,7 @@ def export_avatar(model, avatar, out_dir, with_mask: bool = False, allow_cpu_ops
   for warp in (fp32_warp, fp16_warp):
     if warp not in WARPS:
       raise ValueError(f'unknown warp {warp!r}; expected one of {WARPS}')
-  existing = [name for name in FILES if (out_dir / name).exists()]
-  if existing:
-    raise FileExistsError(f'{out_dir} already holds {", ".join(existing)}; choose another folder or remove them')
+  check_output(out_dir)
   config = model.config
   if keypoints is None:
     keypoints, pose_source = _random_keypoints(num_poses, seed, config.num_keypoints), 'random'

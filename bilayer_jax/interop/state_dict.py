@@ -3,6 +3,8 @@ without running pickled code; .npz files and mappings of arrays are accepted in 
 from __future__ import annotations
 
 import pathlib
+import pickle
+import re
 from typing import Mapping
 
 import numpy as np
@@ -32,6 +34,11 @@ def read_state_dict(source, what: str) -> dict[str, np.ndarray]:
       try:
         items = torch.load(path, map_location='cpu', weights_only=True)
       except Exception as e:
+        found = re.search(r'GLOBAL (\S+)', str(e))
+        if isinstance(e, pickle.UnpicklingError) and found:  # torch's text suggests weights_only=False: not here
+          raise ValueError(f'{what}: {path} holds pickled Python objects besides tensors (it names '
+                           f'{found.group(1)}), which could run code when loaded, so it is not read; if the file '
+                           'is yours, re-save only the weights: torch.save(network.state_dict(), path)') from e
         raise ValueError(f'{what}: {path} is not a PyTorch state dict that torch.load(weights_only=True) '
                          f'can read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})') from e
       if not isinstance(items, Mapping):

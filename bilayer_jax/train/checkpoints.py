@@ -9,6 +9,7 @@ bytes, a truncated file) raises CheckpointCorrupt instead of loading.
 """
 from __future__ import annotations
 
+import errno
 import pathlib
 import shutil
 import time
@@ -41,8 +42,22 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
+  def check_free_space(self, host_state) -> None:
+    """Refuse a save the disk cannot hold, before Orbax starts writing: a save that runs out of space fails in
+    background threads, with hundreds of lines of tracebacks, and leaves a partial step behind."""
+    needed = sum(np.asarray(leaf).nbytes for leaf in jax.tree_util.tree_leaves(host_state))
+    needed = max(int(needed * 1.1), needed + (1 << 20))  # metadata, and a margin for the file system
+    free = shutil.disk_usage(self.directory).free
+    if free < needed:
+      raise OSError(errno.ENOSPC, f'not enough free space for a checkpoint (needs about {needed / 2**20:.1f} MiB, '
+                    f'{free / 2**20:.1f} MiB free): free space or move the workdir to another disk; the checkpoints '
+                    'saved before are intact', str(self.directory))
+
   def save(self, step: int, state, meta: dict, force: bool = False) -> bool:
     host = flax.serialization.to_state_dict(state)
+    if not (force or self.manager.should_save(step)):
+      return False
+    self.check_free_space(host)
     meta = {**meta, 'checksums': integrity.checksums(_flat(host))}
     return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host),
                                                            meta=ocp.args.JsonSave(meta)), force=force)

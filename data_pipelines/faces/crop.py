@@ -134,19 +134,41 @@ def to_model_image(crop: np.ndarray) -> np.ndarray:
   return ((np.asarray(crop, np.float32) / np.float32(255) - np.float32(0.5)) * np.float32(2)).astype(np.float32)
 
 
-def prepare_face(image: np.ndarray, landmarks_backend, size: int = 256) -> dict:
+def prepare_face(image: np.ndarray, landmarks_backend, size: int = 256, face: int | None = None) -> dict:
   """A photo -> what the model needs: image (size, size, 3) float32 in [-1, 1], keypoints (68, 2) in
-  [-1, 1], box (left, top, right, bottom) in photo pixels, landmarks (68, 2) in photo pixels.
+  [-1, 1], box (left, top, right, bottom) in photo pixels, landmarks (68, 2) in photo pixels; and which face
+  that is: face_index (0 = the largest), faces_found, boxes (every face's box, largest first).
 
   `landmarks_backend` is any object with `detect(uint8 RGB image) -> (68, 2) pixels or None`
-  (data_pipelines.faces.landmarks). Raises NoFaceError when it finds no face.
+  (data_pipelines.faces.landmarks); with `detect_all` as well, `face` chooses among several faces.
+  Raises NoFaceError when it finds no face, ValueError when `face` is not one of those found.
   """
   image = np.asarray(image)
   if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
     raise ValueError(f'expected a uint8 RGB image (H, W, 3), got {image.dtype} {image.shape}')
-  landmarks = landmarks_backend.detect(image)
-  if landmarks is None:
+  if hasattr(landmarks_backend, 'detect_all'):
+    found = list(landmarks_backend.detect_all(image))
+  else:
+    points = landmarks_backend.detect(image)
+    found = [] if points is None else [points]
+  if not found:
     raise NoFaceError('no face found in the image')
-  face = crop_face(image, landmarks, size)
-  return {'image': to_model_image(face['crop']), 'keypoints': face['keypoints'], 'box': face['box'],
-          'landmarks': np.asarray(landmarks, np.float32)}
+  index = 0 if face is None else int(face)
+  if not 0 <= index < len(found):
+    raise ValueError(f'face {index} was asked for, but the photo has {len(found)} face(s) found: '
+                     f'choose 0 (the largest) to {len(found) - 1}')
+  landmarks = np.asarray(found[index], np.float32)
+  crop = crop_face(image, landmarks, size)
+  return {'image': to_model_image(crop['crop']), 'keypoints': crop['keypoints'], 'box': crop['box'],
+          'landmarks': landmarks, 'face_index': index, 'faces_found': len(found),
+          'boxes': np.stack([crop_box(np.asarray(points, np.float32)) for points in found])}
+
+
+def describe_choice(face: dict, source) -> str:
+  """One line saying which face of the photo was used, and how to pick another when there are several."""
+  box = ', '.join(str(int(v)) for v in face['box'])
+  if face['faces_found'] == 1:
+    return f'source {source}: one face, box ({box})'
+  rank = 'the largest' if face['face_index'] == 0 else f'number {face["face_index"]} by size'
+  return (f'source {source}: {face["faces_found"]} faces found; using face {face["face_index"]} ({rank}, box '
+          f'({box}) in photo pixels); choose another with --face N (0 = largest ... {face["faces_found"] - 1})')

@@ -2,6 +2,7 @@
 
 Data flow: image (H, W, 3) uint8 RGB -> `backend.detect(image)` -> (68, 2) float32 (x, y) frame pixels,
 or None when there is no face. The crop (faces/crop.py) and everything after it only see these points.
+`backend.detect_all(image)` gives every face found, largest first (a source photo with several people).
 
 Backends:
   dlib            HOG face detector + `shape_predictor_68_face_landmarks.dat` (from the
@@ -36,6 +37,9 @@ class LandmarkBackend(Protocol):
 
   def detect(self, image: np.ndarray) -> Optional[np.ndarray]:
     """uint8 RGB (H, W, 3) -> (68, 2) float32 pixel landmarks of the largest face, or None."""
+
+  def detect_all(self, image: np.ndarray) -> list:
+    """uint8 RGB (H, W, 3) -> the (68, 2) landmarks of every face found, largest first ([] when none)."""
 
 
 def check_image(image) -> np.ndarray:
@@ -77,8 +81,13 @@ def find_dlib_model(path: Optional[str] = None, name: str = DLIB_MODEL_NAME) -> 
 
 def largest(boxes: Sequence) -> int:
   """Index of the largest (x0, y0, x1, y1) box."""
+  return by_size(boxes)[0]
+
+
+def by_size(boxes: Sequence) -> list[int]:
+  """Indices of (x0, y0, x1, y1) boxes, largest area first (ties: the detector's order)."""
   areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
-  return int(np.argmax(areas))
+  return sorted(range(len(boxes)), key=lambda i: -areas[i])
 
 
 class DlibLandmarks:
@@ -111,19 +120,32 @@ class DlibLandmarks:
     self._detector = dlib.get_frontal_face_detector()
     self._predictor = dlib.shape_predictor(self.model_path)
 
-  def shape(self, image: np.ndarray):
-    """dlib's full_object_detection of the largest face, or None."""
+  def shapes(self, image: np.ndarray, every_face: bool = False) -> list:
+    """dlib's full_object_detection of the faces found, largest first ([] when none).
+
+    The upsampling levels are tried in order until one finds a face, which is quick and finds the largest; with
+    every_face the highest level is tried first, so that smaller faces beside a large one are found too.
+    """
     image = check_image(image)
     if self._detector is None:
       self._load()
-    for level in self.upsample:
+    for level in (sorted(self.upsample, reverse=True) if every_face else self.upsample):
       faces = list(self._detector(image, level))
       if faces:
         break
     else:
-      return None
-    face = faces[largest([(f.left(), f.top(), f.right(), f.bottom()) for f in faces])]
-    return self._predictor(image, face)
+      return []
+    order = by_size([(f.left(), f.top(), f.right(), f.bottom()) for f in faces])
+    return [self._predictor(image, faces[i]) for i in order]
+
+  def shape(self, image: np.ndarray):
+    """dlib's full_object_detection of the largest face, or None."""
+    shapes = self.shapes(image)
+    return shapes[0] if shapes else None
+
+  def detect_all(self, image: np.ndarray) -> list:
+    return [np.array([[p.x, p.y] for p in shape.parts()], np.float32)
+            for shape in self.shapes(image, every_face=True)]
 
   def detect(self, image: np.ndarray) -> Optional[np.ndarray]:
     shape = self.shape(image)
@@ -192,14 +214,18 @@ class FaceAlignmentLandmarks:
       kwargs['compile'] = False  # a one-time multi-minute compile per worker is not worth it on CPU
     self._model = face_alignment.FaceAlignment(kind, **kwargs)
 
-  def detect(self, image: np.ndarray) -> Optional[np.ndarray]:
+  def detect_all(self, image: np.ndarray) -> list:
     image = check_image(image)
     if self._model is None:
       self._load()
     landmarks, _, boxes = self._model.get_landmarks_from_image(image, return_bboxes=True)
     if not landmarks:
-      return None
-    return np.asarray(landmarks[largest(boxes)], np.float32)[:68, :2]
+      return []
+    return [np.asarray(landmarks[i], np.float32)[:68, :2] for i in by_size(boxes)]
+
+  def detect(self, image: np.ndarray) -> Optional[np.ndarray]:
+    faces = self.detect_all(image)
+    return faces[0] if faces else None
 
 
 BACKENDS = {'dlib': DlibLandmarks, 'face-alignment': FaceAlignmentLandmarks}

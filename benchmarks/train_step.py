@@ -34,8 +34,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 ALLOCATORS = ('system', 'glibc-kept', 'tcmalloc')
 
 
-def jax_step(size: str, batch: int):
-  """(compile seconds, a function of no arguments running one step)."""
+def jax_step(size: str, batch: int, compute_dtype: str = 'float32'):
+  """(compile seconds, a function of no arguments running one step and waiting for it)."""
   import jax
 
   from bilayer_jax.train import data, loop
@@ -44,6 +44,7 @@ def jax_step(size: str, batch: int):
   config = training_config(size)
   config.training.perceptual = []
   config.training.batch_size = batch
+  config.training.compute_dtype = compute_dtype
   trainer = loop.build_step(config)
   state = trainer.put_state(loop.initial_state(config))
   batch_data = trainer.put_batch(next(data.synthetic_batches(0, batch, config.model.image_size, 0, 0, 1)))

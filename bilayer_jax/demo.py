@@ -149,7 +149,7 @@ def run(out_dir='demo_out', minutes: float = 14.0, steps: int | None = None, pro
 
   with stage('2/5 train: tiny model on frames 0-99', timings):
     from bilayer_jax import config_files
-    from bilayer_jax.train import loop
+    from bilayer_jax.train import loop, metrics_window
     config = config_files.load('demo')
     config.data.dir = str(out / 'data')
     if steps:
@@ -157,11 +157,8 @@ def run(out_dir='demo_out', minutes: float = 14.0, steps: int | None = None, pro
     config.training.time_limit_minutes = minutes
     train_summary = loop.train(config, out / 'train', progress=progress)
     checkpoint_dir = pathlib.Path(train_summary['inference_checkpoint'])
-    history = train_summary['history']
-    if history:
-      (out / 'history.json').write_text(json.dumps(history))
-    elif (out / 'history.json').exists():
-      history = json.loads((out / 'history.json').read_text())
+    history = metrics_window.read_history(out / 'train')  # every logging window's means, across resumes
+    (out / 'history.json').write_text(json.dumps(history))
     result['train'] = {'steps': train_summary['step'], 'checkpoint': str(checkpoint_dir)}
 
   with stage('3/5 evaluate: held-out frames and other identities', timings):

@@ -256,7 +256,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   assert 'is not finite at step' in result.stderr and 'is intact' in result.stderr
   steps = sorted(int(p.name) for p in (run / 'checkpoints').iterdir() if p.name.isdigit())
   assert steps, 'no checkpoint kept'
-  bad_step = int(result.stderr.split('is not finite at step ')[1].split(';')[0])
+  bad_step = int(result.stderr.split('is not finite at step ')[1].split()[0])
   assert max(steps) < bad_step
   state, _ = restore(run, max(steps))
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(state.variables))

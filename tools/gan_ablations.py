@@ -46,6 +46,10 @@ VARIANTS = {
                       {**NO_R1, D + 'augment_shift': 0.125, D + 'instance_noise': 0.2,
                        D + 'instance_noise_decay_steps': 1000}),
     'd_r1_0.1': ('R1 penalty, gamma 0.1', {D + 'r1_weight': 0.1}),
+    'd_r1_10': ('R1 penalty, gamma 10', {D + 'r1_weight': 10.0}),
+    'r1_d_lr_0.1': ('R1 gamma 1 and D learning rate 0.1x', {D + 'learning_rate_scale': 0.1}),
+    'r1_noise': ("R1 gamma 1 and instance noise std 0.2 on D's images, fading over 3000 steps",
+                 {D + 'instance_noise': 0.2, D + 'instance_noise_decay_steps': 3000}),
     'no_sn_d': ('no R1, no spectral norm in D', {**NO_R1, 'model.spn_networks':
                                                  'identity_embedder, texture_generator, keypoints_embedder, inference_generator'}),
 }
@@ -78,7 +82,7 @@ def variant_config(name: str, data_dir, steps: int):
   config.training.bn_stats_batches = 0
   config.image_every = 0
   config.checkpoint_every = 10 ** 9
-  config.log_every = 10
+  config.log_every = 1  # every step's losses: the D-win counts are per step
   return config
 
 
@@ -136,7 +140,7 @@ def main(argv=None):
   unknown = [v for v in a.variants if v not in VARIANTS]
   if unknown:
     raise SystemExit(f'unknown variants {unknown}; --list shows them')
-  from bilayer_jax.train import loop
+  from bilayer_jax.train import loop, metrics_window
 
   out = pathlib.Path(a.out)
   out.mkdir(parents=True, exist_ok=True)
@@ -152,8 +156,8 @@ def main(argv=None):
       raise SystemExit(f'{workdir} exists from an interrupted run; remove it to rerun {name}')
     config = variant_config(name, data, a.steps)
     start = time.time()
-    summary = loop.train(config, workdir, progress=False)
-    history = [(s, m) for s, m in summary['history']]
+    loop.train(config, workdir, progress=False)
+    history = metrics_window.read_history(workdir)
     path.write_text(json.dumps({'variant': name, 'what': VARIANTS[name][0], 'overrides': VARIANTS[name][1],
                                 'steps': a.steps, 'seconds': round(time.time() - start, 1),
                                 'history': history}) + '\n')

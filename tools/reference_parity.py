@@ -317,7 +317,8 @@ def reference_frame_path(reference_dir, flags: dict, embedding_channels, poses, 
   return render
 
 
-def reference_training_step(reference_dir, flags: dict, batch: int, seed: int = 0):
+def reference_training_step(reference_dir, flags: dict, batch: int, seed: int = 0, device: str = 'cpu',
+                            autocast: bool = False):
   """One stage-1 training step of the reference networks without perceptual losses, with the update the
   authors intended (D learns from D_ADV on detached fakes, G from its terms with D held fixed). Returns a
   function of no arguments that runs one step on a fixed random batch."""
@@ -335,16 +336,31 @@ def reference_training_step(reference_dir, flags: dict, batch: int, seed: int = 
     for net in nets.values():
       net.apply(lambda m: rn_utils.spectral_norm(m, apply_to=['conv2d', 'linear'], eps=args.eps))
       net.train()
+      net.to(device)
     draw = lambda poses, k: ds_utils.draw_stickmen(args, poses.view(batch * k, -1)).view(
         batch, k, 3, args.image_size, args.image_size)
   optimizers = {n: torch.optim.Adam(nets[n].parameters(), lr=2e-4, betas=(0.5, 0.999), eps=1e-7) for n in names}
   raw = _random_inputs(np.random.default_rng(seed), batch, 1, 1, args.image_size)
   critic = nets['discriminator'].net
 
+  inputs = {k: torch.from_numpy(v) for k, v in raw.items()}
+  inputs['source_stickmen'] = draw(inputs['source_poses'], 1)
+  inputs['target_stickmen'] = draw(inputs['target_poses'], 1)
+  inputs = {k: v.to(device) for k, v in inputs.items()}
+  scaler = torch.amp.GradScaler(device, enabled=autocast)
+
   def step():
-    d = {k: torch.from_numpy(v) for k, v in raw.items()}
-    d['source_stickmen'] = draw(d['source_poses'], 1)
-    d['target_stickmen'] = draw(d['target_poses'], 1)
+    with torch.autocast(device, dtype=torch.float16, enabled=autocast):
+      d_adv, g_terms = losses()
+    for o in optimizers.values():
+      o.zero_grad()
+    scaler.scale(d_adv + g_terms).backward()
+    for o in optimizers.values():
+      scaler.step(o)
+    scaler.update()
+
+  def losses():
+    d = dict(inputs)
     for n in names[:-1]:
       d = nets[n](d, list(names), nets)
     real = torch.cat([d['target_imgs'], d['target_stickmen']], 2).flatten(0, 1)
@@ -361,10 +377,6 @@ def reference_training_step(reference_dir, flags: dict, batch: int, seed: int = 
     fm = 10 * sum((a.split(batch)[1] - a.split(batch)[0].detach()).abs().mean() for a in feats) / len(feats)
     l1 = 10 * (d['pred_target_delta_lf_rgbs'] - d['target_imgs']).abs().mean()
     bce = 10 * torch.nn.functional.binary_cross_entropy_with_logits(d['pred_target_segs_logits'], d['target_segs'])
-    for o in optimizers.values():
-      o.zero_grad()
-    (d_adv + g_adv + fm + l1 + bce).backward()
-    for o in optimizers.values():
-      o.step()
+    return d_adv, g_adv + fm + l1 + bce
 
   return step

@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from bilayer_jax.nn.layers import at_least_float32
+
 
 def identity_grid(size: int, dtype=jnp.float32) -> jax.Array:
   """(size, size, 2) grid of pixel-centre coordinates -1 + (2i + 1) / size, last axis (x, y)."""
@@ -30,11 +32,15 @@ def sample_texture(texture: jax.Array, uv: jax.Array, align_corners: bool = Fals
   """Bilinear sampling with zero padding.
 
   texture: (B, H, W, C), one per identity. uv: (B * T, Ho, Wo, 2), T frames per identity.
-  Returns (B * T, Ho, Wo, C). Differentiable with respect to both texture and uv.
+  Returns (B * T, Ho, Wo, C) in the texture's dtype. Differentiable with respect to both texture and uv.
+
+  Coordinates, tap indices and weights are computed in at least float32 whatever the compute dtype: bfloat16
+  holds integers exactly only up to 256, so a bfloat16 pixel coordinate is off by up to a pixel on a 256 px
+  texture and a flat tap index (up to H * W) rounds past the end, where the gather reads NaN.
   """
   b, h, w, c = texture.shape
   frames, ho, wo, _ = uv.shape
-  px, py = uv_to_pixels(uv.reshape(b, -1, 2), w, h, align_corners)
+  px, py = uv_to_pixels(at_least_float32(uv).reshape(b, -1, 2), w, h, align_corners)
   x0 = jnp.floor(px)
   y0 = jnp.floor(py)
   wx1 = px - x0

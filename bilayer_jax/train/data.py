@@ -67,3 +67,27 @@ def make_batches(config, start_step: int):
         num_target=data.num_target_frames, image_size=config.model.image_size, sampling=data.sampling,
         start_step=start_step)
   raise ValueError(f"data.source must be 'synthetic' or 'records', got {data.source!r}")
+
+
+def prefetch_to_devices(batches, put, depth: int):
+  """(host batch, device batch) pairs with `depth` device batches in flight: each host batch is read and its
+  transfer started `depth` steps before the step that uses it, so the step never waits for the input.
+
+  put: host batch -> device arrays sharded as the step expects (DataParallel.put_batch: shard_map, pmap, one
+  host or many). depth 0 puts each batch when it is needed.
+  """
+  import collections
+
+  queue = collections.deque()
+
+  def fill():
+    while len(queue) <= depth:
+      local = next(batches, None)
+      if local is None:
+        return
+      queue.append((local, put(local)))
+
+  fill()
+  while queue:
+    yield queue.popleft()
+    fill()

@@ -54,9 +54,12 @@ def training_config(model_size: str = 'paper', stage: str = 'base') -> ml_collec
   c.data.num_source_frames = 1
   c.data.num_target_frames = 1
 
-  c.log_every = 50
+  c.log_every = 50                   # metrics stay on the devices and are fetched once per this many steps
   c.image_every = 1000
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
   c.async_checkpoints = True
+  c.prefetch_batches = 2             # batches already on the devices ahead of the step that needs them
+  c.compilation_cache_dir = ''       # '' = $XDG_CACHE_HOME/bilayer-jax/jax (a restart skips the compile); 'none'
+  c.profile_steps = ''               # 'START,COUNT': a jax.profiler trace of those steps in WORKDIR/profile
   return c

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from bilayer_jax import checkpoint as checkpoint_lib
 from bilayer_jax import model as model_lib
 from bilayer_jax.train import data as data_lib
+from bilayer_jax.train import metrics_window
 from bilayer_jax.train import parallel
 from bilayer_jax.train.bn_stats import standing_statistics
 from bilayer_jax.train.checkpoints import CORRUPT_DIR, CheckpointCorrupt, Checkpointer
@@ -175,18 +176,6 @@ def restore_or_start(checkpointer: Checkpointer, template: TrainState, is_main: 
   return host_state, int(meta['input_position']), start
 
 
-def check_finite(metrics: dict, step: int, checkpointer: Checkpointer, workdir: pathlib.Path, template) -> None:
-  """Raise TrainingDiverged when a loss term is NaN/Inf. Losses decide: the health metrics (norms of huge
-  updates) may overflow a step earlier. The message names a checkpoint only after it verified."""
-  bad = [k for k, v in metrics.items() if scalar_tag(k).startswith('loss/') and not math.isfinite(v)]
-  if bad:
-    checkpointer.wait()
-    good = checkpointer.verified_latest_step(template)
-    where = (f'The last good checkpoint (step {good}) in {workdir / "checkpoints"} is intact (verified).'
-             if good is not None else f'No checkpoint in {workdir / "checkpoints"} verifies.')
-    raise TrainingDiverged(f'loss {", ".join(bad)} is not finite at step {step}; stopping. {where}')
-
-
 def write_scalars(writer, metrics: dict, step: int, seconds_per_step: float, batch_size: int) -> None:
   for k, v in metrics.items():
     writer.scalar(scalar_tag(k), v, step)
@@ -214,7 +203,13 @@ def open_summaries(config, workdir: pathlib.Path):
   from bilayer_jax.train.summaries import SummaryWriter
 
   (workdir / 'images').mkdir(exist_ok=True)
-  return SummaryWriter(str(workdir / 'tensorboard')), make_image_grid(config) if config.image_every else None
+  try:
+    writer = SummaryWriter(str(workdir / 'tensorboard'))
+  except ImportError:  # an accelerator image without TensorFlow: the metrics log and PNGs still are written
+    print(f'TensorFlow is not installed: no TensorBoard events; window means go to {workdir / "metrics.jsonl"}',
+          flush=True)
+    writer = None
+  return writer, make_image_grid(config) if config.image_every else None
 
 
 def train(config, workdir, progress: bool = True) -> dict:
@@ -231,14 +226,20 @@ def train(config, workdir, progress: bool = True) -> dict:
 
 
 def _train_holding_lock(config, workdir: pathlib.Path, progress: bool, is_main: bool) -> dict:
+  entered = time.time()
+  first_step_s = None
   workdir = open_workdir(config, workdir, is_main)
+  configure_compilation_cache(config)
   dp = build_step(config)
   checkpointer = Checkpointer(workdir / 'checkpoints', config.checkpoint_every, config.keep_checkpoints,
                               config.async_checkpoints)
   template = initial_state(config)
   host_state, position, start = restore_or_start(checkpointer, template, is_main)
   state = dp.put_state(host_state)
-  batches = data_lib.make_batches(config, position)
+  batches = data_lib.prefetch_to_devices(data_lib.make_batches(config, position), dp.put_batch,
+                                         config.get('prefetch_batches', 2))
+  metrics_log = metrics_window.MetricsLog(workdir, is_main, start if start else None)
+  profile = ProfileWindow(config.get('profile_steps', ''), start).bind(workdir / 'profile')
 
   writer, image_grid = open_summaries(config, workdir) if is_main else (None, None)
 
@@ -247,14 +248,34 @@ def _train_holding_lock(config, workdir: pathlib.Path, progress: bool, is_main: 
   num_steps = config.training.num_steps
   step = start
   last_saved = start
-  history = []
-  last_time, last_step = time.time(), start
   bar = tqdm(total=num_steps, initial=start, desc='train', disable=not (progress and is_main), dynamic_ncols=True,
              mininterval=1.0 if sys.stderr.isatty() else 30.0)
   time_limit = config.training.get('time_limit_minutes', 0) * 60
   d_watch = DiscriminatorWatch(config.training.get('d_loss_warn_below', 0.01),
                                config.training.get('d_loss_warn_logged_steps', 20)
                                if config.training.loss_weights.adversarial > 0 else 0)
+  loss_keys = None
+  window, window_first = None, start + 1
+  pending = None  # a finished window, fetched once the next step is dispatched
+  clock = {'time': time.time(), 'step': start}
+
+  def report(finished):
+    """Fetch a finished window: stop on a non-finite loss, else log its means."""
+    window_, first, last = finished
+    means, bad = metrics_window.fetch(window_)
+    if bad is not None:
+      raise_diverged(means, bad, (first, last), checkpointer, workdir, template)
+    now = time.time()
+    seconds = (now - clock['time']) / max(last - clock['step'], 1)
+    clock.update(time=now, step=last)
+    metrics_log.append(last, last - first + 1, means, seconds)
+    bar.set_postfix(total=f'{means["total"]:.3f}', D=f'{means["D_ADV"]:.3f}')
+    warning = d_watch.update(last, means['D_ADV'])
+    if warning and is_main:
+      print(warning, flush=True)
+    if writer is not None:
+      write_scalars(writer, means, last, seconds, config.training.batch_size)
+
   started = time.time()
   try:
     while step < num_steps:
@@ -262,28 +283,38 @@ def _train_holding_lock(config, workdir: pathlib.Path, progress: bool, is_main: 
         if is_main:
           print(f'time limit of {time_limit / 60:.1f} min reached at step {step}; rerun to continue', flush=True)
         break
-      local = next(batches)
-      state, metrics = dp.step(state, dp.put_batch(local))
+      local, batch = next(batches)
+      profile.before(step + 1)
+      state, metrics = dp.step(state, batch)
       step += 1
       position += 1
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      check_finite(metrics, step, checkpointer, workdir, template)
-      history.append((step, metrics))
+      if loss_keys is None:  # the first step of this process: compiled (or read from the cache) and dispatched
+        loss_keys = tuple(k for k in metrics if scalar_tag(k).startswith('loss/'))
+        first_step_s = time.time() - entered
+        if is_main and progress:
+          print(f'first step compiled and dispatched {first_step_s:.1f} s after start', flush=True)
+      window = metrics_window.add(window, metrics, step, loss_keys)
+      if pending is not None:  # step `step` is dispatched: now wait for the previous window
+        report(pending)
+        pending = None
       bar.update(1)
-      if step % config.log_every == 0 or step == num_steps:
-        now = time.time()
-        seconds = (now - last_time) / max(step - last_step, 1)
-        last_time, last_step = now, step
-        bar.set_postfix(total=f'{metrics["total"]:.3f}', D=f'{metrics["D_ADV"]:.3f}')
-        warning = d_watch.update(step, metrics['D_ADV'])
-        if warning and is_main:
-          print(warning, flush=True)
-        if writer is not None:
-          write_scalars(writer, metrics, step, seconds, config.training.batch_size)
+      profile.after(step, state)
+      saving = step % config.checkpoint_every == 0 or stop['signal'] is not None or step == num_steps
+      if step % config.log_every == 0 or step == num_steps or stop['signal'] is not None:
+        pending, window, window_first = (window, window_first, step), None, step + 1
+      if saving or (image_grid is not None and step % config.image_every == 0):
+        if pending is not None:  # a checkpoint or an image is written only after its steps proved finite
+          report(pending)
+          pending = None
+        elif window is not None:
+          if metrics_window.bad_step(window) is not None:
+            means, bad = metrics_window.fetch(window)
+            raise_diverged(means, bad, (window_first, step), checkpointer, workdir, template)
       if image_grid is not None and (step % config.image_every == 0 or step == num_steps):
         grid = image_grid(dp.get_state(state).variables, local)
-        writer.image('samples', grid[None], step)
-        writer.flush()
+        if writer is not None:
+          writer.image('samples', grid[None], step)
+          writer.flush()
         save_png(workdir / 'images' / f'step_{step:07d}.png', grid)
       if step % config.checkpoint_every == 0:
         checkpointer.save(step, dp.get_state(state), {'input_position': position, 'step': step})
@@ -294,19 +325,92 @@ def _train_holding_lock(config, workdir: pathlib.Path, progress: bool, is_main: 
         checkpointer.wait()
         if is_main:
           print(f'SIGTERM: saved step {step} and stopped; rerun the same command to continue', flush=True)
-        return {'step': step, 'stopped': 'SIGTERM', 'history': history}
+        return {'step': step, 'stopped': 'SIGTERM', 'metrics_file': str(metrics_log.path),
+                'first_step_s': first_step_s}
+    for finished in (pending, (window, window_first, step) if window is not None else None):
+      if finished is not None:  # the time limit ended the run inside a window
+        report(finished)
     if last_saved != step:
       checkpointer.save(step, dp.get_state(state), {'input_position': position, 'step': step}, force=True)
     checkpointer.wait()
   finally:
+    profile.close()
     bar.close()
     signal.signal(signal.SIGTERM, previous)
     if writer is not None:
       writer.close()
     checkpointer.close()
 
-  summary = {'step': step, 'history': history}
+  summary = {'step': step, 'metrics_file': str(metrics_log.path), 'first_step_s': first_step_s}
   if is_main and config.training.bn_stats_batches > 0:
     summary['inference_checkpoint'] = export_inference(config, dp.get_state(state).variables, workdir, step,
                                                        progress)
   return summary
+
+
+def raise_diverged(means: dict, bad_step: int, window: tuple, checkpointer, workdir, template):
+  """TrainingDiverged naming the first bad step, its logging window, the terms, and a verified checkpoint."""
+  terms = [k for k, v in means.items() if scalar_tag(k).startswith('loss/') and not math.isfinite(v)]
+  checkpointer.wait()
+  good = checkpointer.verified_latest_step(template)
+  where = (f'The last good checkpoint (step {good}) in {workdir / "checkpoints"} is intact (verified).'
+           if good is not None else f'No checkpoint in {workdir / "checkpoints"} verifies.')
+  raise TrainingDiverged(f'loss {", ".join(terms)} is not finite at step {bad_step} (found at the fetch of the '
+                         f'logging window of steps {window[0]}-{window[1]}); stopping. {where}')
+
+
+class ProfileWindow:
+  """`profile_steps='START,COUNT'`: a jax.profiler trace of steps START..START+COUNT-1 in WORKDIR/profile
+  (TensorBoard's profile plugin or Perfetto open it); '' traces nothing."""
+
+  def __init__(self, spec: str, start: int):
+    self.first = self.last = None
+    self.active = False
+    if spec:
+      try:
+        first, count = (int(v) for v in str(spec).split(','))
+      except ValueError:
+        raise ValueError(f'profile_steps must be START,COUNT (two integers), got {spec!r}') from None
+      if first < 1 or count < 1:
+        raise ValueError(f'profile_steps {spec!r}: START and COUNT must be at least 1')
+      if first + count - 1 > start:  # a resumed run past the window traces nothing
+        self.first, self.last = max(first, start + 1), first + count - 1
+    self.directory = None
+
+  def bind(self, directory) -> 'ProfileWindow':
+    self.directory = directory
+    return self
+
+  def before(self, step: int) -> None:
+    if self.first is not None and step == self.first and not self.active:
+      jax.profiler.start_trace(str(self.directory))
+      self.active = True
+
+  def after(self, step: int, state) -> None:
+    if self.active and step >= self.last:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self.active = False
+      print(f'profile of steps {self.first}-{self.last}: {self.directory}', flush=True)
+
+  def close(self) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+
+
+def configure_compilation_cache(config) -> str | None:
+  """JAX's persistent compilation cache in `compilation_cache_dir` ('' = the user cache folder,
+  $XDG_CACHE_HOME/bilayer-jax/jax; 'none' = off): a restarted or preempted run skips the compile."""
+  import os
+
+  setting = config.get('compilation_cache_dir', '')
+  if setting == 'none':
+    return None
+  path = setting or os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'),
+                                 'bilayer-jax', 'jax')
+  jax.config.update('jax_compilation_cache_dir', path)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  return path
+
+

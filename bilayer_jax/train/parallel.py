@@ -74,6 +74,8 @@ class DataParallel:
       self._batch_sharding = NamedSharding(self.mesh, P(AXIS))
     else:
       self._step = jax.pmap(per_device_step, axis_name=AXIS, donate_argnums=0, devices=devices)
+      local = np.asarray(jax.local_devices() if devices is None else devices)
+      self._local_slices = NamedSharding(Mesh(local, (AXIS,)), P(AXIS))  # leading axis over the local devices
 
   def check_batch_size(self, local_batch_size: int) -> None:
     if local_batch_size % self.num_local_devices:
@@ -103,8 +105,9 @@ class DataParallel:
       return {k: jax.device_put(v, self._batch_sharding) for k, v in local_batch.items()}
     if self.kind == 'shard_map':
       return {k: jax.make_array_from_process_local_data(self._batch_sharding, v) for k, v in local_batch.items()}
-    n = self.num_local_devices
-    return {k: v.reshape((n, v.shape[0] // n) + v.shape[1:]) for k, v in local_batch.items()}
+    n = self.num_local_devices  # pmap: one slice per local device, put there now (the loop prefetches)
+    return {k: jax.device_put(v.reshape((n, v.shape[0] // n) + v.shape[1:]), self._local_slices)
+            for k, v in local_batch.items()}
 
   def step(self, state, batch):
     state, metrics = self._step(state, batch)

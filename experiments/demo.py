@@ -17,7 +17,8 @@ Departures from the authors' recipe, for this data only:
       steps, and the generator's L1 over steps 101-150 is the lowest of the remedies tried (2.375 against
       2.586 without R1; R1 gamma 0.1 2.493, D learning rate x 0.1 2.547, pair shifts 3.039, instance noise
       2.575): python -m tools.gan_ablations --variants no_r1 demo d_r1_0.1 d_lr_0.1 d_shift d_noise
-      d_shift_noise --steps 150 (benchmarks/results/gan_ablations_d/). It also holds D near chance.
+      d_shift_noise --steps 150 (benchmarks/results/gan_ablations_d/). It also holds D near chance, but only
+      for a while: in a full fresh-clone `make demo` (781 steps) D_ADV fell below 0.01 again from step ~250.
 """
 from bilayer_jax.config_files import parse_options
 from bilayer_jax.train.defaults import training_config

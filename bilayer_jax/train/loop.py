@@ -399,9 +399,13 @@ class ProfileWindow:
       self.active = False
 
 
+COMPILATION_CACHE_BYTES = 8 << 30  # least recently used entries are evicted past this
+
+
 def configure_compilation_cache(config) -> str | None:
   """JAX's persistent compilation cache in `compilation_cache_dir` ('' = the user cache folder,
   $XDG_CACHE_HOME/bilayer-jax/jax; 'none' = off): a restarted or preempted run skips the compile."""
+  import importlib.util
   import os
 
   setting = config.get('compilation_cache_dir', '')
@@ -409,8 +413,14 @@ def configure_compilation_cache(config) -> str | None:
     return None
   path = setting or os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'),
                                  'bilayer-jax', 'jax')
+  if importlib.util.find_spec('filelock') is None:  # JAX's cache lock needs it
+    print('the compilation cache needs the filelock package; running without it', flush=True)
+    return None
   jax.config.update('jax_compilation_cache_dir', path)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  # A size limit turns on JAX's file lock around every cache read and write: without it a process can read an
+  # entry another one (a second host process, a second run) is still writing, and load a truncated executable.
+  jax.config.update('jax_compilation_cache_max_size', COMPILATION_CACHE_BYTES)
   return path
 
 

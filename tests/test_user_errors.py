@@ -87,3 +87,11 @@ def test_sigterm_ends_a_command_through_its_cleanups_with_exit_143(tmp_path):
   _, err = process.communicate(timeout=60)
   assert process.returncode == cli.EXIT_TERMINATED == 143
   assert marker.read_text() == 'cleanup ran' and 'stopped by SIGTERM' in err and 'Traceback' not in err
+
+
+def test_a_workdir_that_is_a_file_is_one_line_before_any_work(tmp_path, capsys):
+  taken = tmp_path / 'notes.txt'
+  taken.write_text('mine')
+  assert cli.main(['train', '--config', 'tiny_cpu:synthetic,micro', '--workdir', str(taken)]) == cli.EXIT_BAD_INPUT
+  err = capsys.readouterr().err
+  assert 'notes.txt is a file, not a folder' in err and 'Traceback' not in err and taken.read_text() == 'mine'

@@ -206,8 +206,8 @@ def open_summaries(config, workdir: pathlib.Path):
   try:
     writer = SummaryWriter(str(workdir / 'tensorboard'))
   except ImportError:  # an accelerator image without TensorFlow: the metrics log and PNGs still are written
-    print(f'TensorFlow is not installed: no TensorBoard events; window means go to {workdir / "metrics.jsonl"}',
-          flush=True)
+    print(f'TensorFlow is not installed: no TensorBoard events; window means go to '
+          f'{workdir / metrics_window.METRICS_FILE}', flush=True)
     writer = None
   return writer, make_image_grid(config) if config.image_every else None
 
@@ -239,7 +239,7 @@ def _train_holding_lock(config, workdir: pathlib.Path, progress: bool, is_main: 
   batches = data_lib.prefetch_to_devices(data_lib.make_batches(config, position), dp.put_batch,
                                          config.get('prefetch_batches', 2))
   metrics_log = metrics_window.MetricsLog(workdir, is_main, start if start else None)
-  profile = ProfileWindow(config.get('profile_steps', ''), start).bind(workdir / 'profile')
+  profile = ProfileWindow(config.get('profile_steps', ''), start, workdir / 'profile')
 
   writer, image_grid = open_summaries(config, workdir) if is_main else (None, None)
 
@@ -363,7 +363,8 @@ class ProfileWindow:
   """`profile_steps='START,COUNT'`: a jax.profiler trace of steps START..START+COUNT-1 in WORKDIR/profile
   (TensorBoard's profile plugin or Perfetto open it); '' traces nothing."""
 
-  def __init__(self, spec: str, start: int):
+  def __init__(self, spec: str, start: int, directory=None):
+    self.directory = directory
     self.first = self.last = None
     self.active = False
     if spec:
@@ -375,11 +376,6 @@ class ProfileWindow:
         raise ValueError(f'profile_steps {spec!r}: START and COUNT must be at least 1')
       if first + count - 1 > start:  # a resumed run past the window traces nothing
         self.first, self.last = max(first, start + 1), first + count - 1
-    self.directory = None
-
-  def bind(self, directory) -> 'ProfileWindow':
-    self.directory = directory
-    return self
 
   def before(self, step: int) -> None:
     if self.first is not None and step == self.first and not self.active:

@@ -138,7 +138,8 @@ def cmd_export(args) -> int:
   print(crop_lib.describe_choice(face, args.source))
   report = tflite.export_checkpoint(args.checkpoint, face['image'], face['keypoints'], None, args.out,
                                     enhance=False if args.no_enhance else None, with_mask=args.with_mask,
-                                    allow_cpu_ops=args.allow_cpu_ops, latency_runs=args.latency_runs)
+                                    allow_cpu_ops=args.allow_cpu_ops, latency_runs=args.latency_runs,
+                                    gpu_check=args.gpu_check)
   print(json.dumps(report, indent=2, default=str)[:3000])
   print(f'wrote {args.out}')
   return 0
@@ -241,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--no-enhance', action='store_true')
   p.add_argument('--landmarks', default='dlib')
   p.add_argument('--latency-runs', type=int, default=50)
+  p.add_argument('--gpu-check', choices=('auto', 'require', 'off'), default='auto',
+                 help="run the graphs on LiteRT's GPU accelerator: when a Vulkan driver exists (auto), "
+                      'or fail without one (require), or not (off)')
   p.set_defaults(func=cmd_export)
 
   try:

@@ -239,7 +239,9 @@ def export_table_md(export: dict) -> str:
   files = export.get('files', {})
   accuracy = export.get('accuracy', {})
   latency = export.get('latency_ms', {})
-  lines = ['| file | bytes | GPU check | vs JAX | CPU latency 1 / 2 threads |', '|---|--:|---|---|--:|']
+  gpu_runtime = export.get('gpu_runtime') or {}
+  lines = ['| file | bytes | GPU rules | vs JAX | CPU latency 1 / 2 threads | GPU accelerator: all ops, FP16 / FP32 '
+           'arithmetic vs JAX, latency |', '|---|--:|---|---|--:|---|']
   for name, key in (('model_fp32.tflite', 'fp32'), ('model_fp16.tflite', 'fp16')):
     info = files.get(name, {})
     gpu = info.get('gpu', {})
@@ -247,8 +249,15 @@ def export_table_md(export: dict) -> str:
     lat = latency.get(key, {})
     vs = (f'max abs {acc["max_abs_image"]:.2g}, PSNR {acc["psnr_db_min"]:.1f} dB (min)' if acc else '-')
     ms = ' / '.join(f'{lat[t]:.2f} ms' for t in ('1', '2') if t in lat) or '-'
+    run = gpu_runtime.get('files', {}).get(name)
+    if run:
+      accelerated = 'yes' if run['fp16']['fully_accelerated'] else 'no: ' + '; '.join(run['fp16']['cpu_ops'])
+      on_gpu = (f'{accelerated}, {run["fp16"]["psnr_db_min"]:.1f} / {run["fp32"]["psnr_db_min"]:.1f} dB, '
+                f'{run["fp16"]["latency_ms"]:.1f} ms (software GPU){" - GPU-ready" if run["gpu_ready"] else ""}')
+    else:
+      on_gpu = f'not run: {gpu_runtime.get("reason", "-")}'
     lines.append(f'| {name} | {info.get("bytes", "-")} | {"passes" if gpu.get("compatible") else gpu.get("violations", "-")} '
-                 f'| {vs} | {ms} |')
+                 f'| {vs} | {ms} | {on_gpu} |')
   return '\n'.join(lines)
 
 

@@ -15,7 +15,7 @@ tf = pytest.importorskip('tensorflow')
 
 from bilayer_jax import checkpoint  # noqa: E402
 from bilayer_jax import model as model_lib  # noqa: E402
-from bilayer_jax.export import accuracy, convert, fold, gpu_compat, interpreter, tflite, warp  # noqa: E402
+from bilayer_jax.export import accuracy, convert, fold, gpu_compat, graph_edits, interpreter, tflite, warp  # noqa: E402
 from bilayer_jax.metrics.psnr import psnr  # noqa: E402
 from bilayer_jax.nn.warp import identity_grid, sample_texture  # noqa: E402
 
@@ -174,6 +174,44 @@ def test_graph_is_gpu_compatible(exported):
   assert report['files']['model_fp16.tflite']['ops'].get('DEQUANTIZE', 0) > 0
 
 
+def test_graphs_run_on_the_gpu_accelerator(exported, gpu_accelerator):
+  _, report = exported
+  runtime = report['gpu_runtime']
+  assert runtime['available'], runtime
+  for name, entry in runtime['files'].items():
+    for precision in ('fp16', 'fp32'):
+      assert entry[precision]['fully_accelerated'], (name, precision, entry[precision]['cpu_ops'])
+      assert entry[precision]['latency_ms'] > 0
+    assert entry['fp32']['psnr_db_min'] >= 60, (name, entry['fp32'])  # enforce_f32: as exact as the CPU
+  fp16 = runtime['files']['model_fp16.tflite']['fp16']
+  print(f'\nmodel_fp16.tflite on the GPU accelerator in FP16 arithmetic: {fp16["psnr_db_min"]:.1f} dB (min), '
+        f'{fp16["latency_ms"]:.1f} ms; model_fp32.tflite (taps warp) in FP16: '
+        f'{runtime["files"]["model_fp32.tflite"]["fp16"]["psnr_db_min"]:.1f} dB')
+  assert fp16['psnr_db_min'] >= tflite.GPU_MIN_PSNR_DB
+  assert report['gpu_ready']['model_fp16.tflite']
+
+
+def test_the_accelerators_verdict_overrides_the_rules(tiny_model, avatar, tmp_path, monkeypatch, gpu_accelerator):
+  # A gap in our rules (simulated: every graph passes them) and an FP16 file without the gather-table edit:
+  # the runtime itself leaves the GATHER to the CPU, and the export refuses, naming it.
+  monkeypatch.setattr(graph_edits, 'gather_tables_in_float32', lambda data: (data, 0))
+  passing = gpu_compat.GpuVerdict(True, (), {}, 0)
+  monkeypatch.setattr(gpu_compat, 'check', lambda data: passing)
+  with pytest.raises(tflite.GpuIncompatibleError, match='GATHER: Input / output dtype mismatch'):
+    tflite.export_avatar(tiny_model, avatar, tmp_path / 'refused', latency_runs=0, num_poses=1)
+  assert not (tmp_path / 'refused').exists()
+
+
+def test_gpu_check_require_fails_without_a_driver(tiny_model, avatar, tmp_path, monkeypatch):
+  monkeypatch.setenv('VK_ICD_FILENAMES', '/nonexistent/icd.json')
+  with pytest.raises(tflite.GpuUnavailable, match='Vulkan driver'):
+    tflite.export_avatar(tiny_model, avatar, tmp_path / 'out', latency_runs=0, num_poses=1, gpu_check='require')
+  assert not (tmp_path / 'out').exists()
+  report = tflite.export_avatar(tiny_model, avatar, tmp_path / 'auto', latency_runs=0, num_poses=1)
+  assert report['gpu_runtime']['available'] is False and report['gpu_runtime']['reason']
+  assert report['gpu_ready'] is None  # never called GPU-ready without the runtime's word
+
+
 def test_existing_files_are_not_overwritten(tiny_model, avatar, exported, tmp_path):
   out, _ = exported
   before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -203,7 +241,7 @@ def test_incompatible_graph_is_refused_unless_allowed(tiny_model, avatar, tmp_pa
     tflite.export_avatar(tiny_model, avatar, tmp_path / 'refused', latency_runs=0, num_poses=1)
   assert not (tmp_path / 'refused').exists()
   report = tflite.export_avatar(tiny_model, avatar, tmp_path / 'allowed', allow_cpu_ops=True,
-                                latency_runs=0, num_poses=1)
+                                latency_runs=0, num_poses=1, gpu_check='off')
   assert not report['gpu_compatible'] and report['allow_cpu_ops']
   violations = report['files']['model_fp32.tflite']['gpu']['violations']
   assert [v['op_name'] for v in violations] == ['GATHER_ND']
@@ -244,7 +282,7 @@ def test_export_checkpoint(tiny_model, tmp_path):
   ckpt = checkpoint.save(tmp_path / 'ckpt', tiny_model.config, tiny_model.variables)
   image, keypoints, mask = source(seed=3)
   report = tflite.export_checkpoint(ckpt, image, keypoints, mask, tmp_path / 'out', enhance=False,
-                                    latency_runs=0, num_poses=3)
+                                    latency_runs=0, num_poses=3, gpu_check='off')
   assert report['accuracy']['pose_source'] == 'given' and report['accuracy']['poses'] == 3
   assert report['accuracy']['fp32']['max_abs_image'] < 1e-4
   assert report['gpu_compatible'] and (tmp_path / 'out' / 'model_fp16.tflite').is_file()

@@ -34,11 +34,22 @@ def fp16_arithmetic_images(folded: fold_lib.FoldedFrame, keypoints, warp: str = 
   return np.stack(images)
 
 
-def _image_errors(images, reference) -> dict:
+def image_errors(images, reference) -> dict:
+  """Max abs error and PSNR (min and mean over poses) of images (N, H, W, 3) against reference."""
   per_pose = [float(psnr(np.asarray(images[i], np.float32), np.asarray(reference[i], np.float32),
                                   data_range=PSNR_PEAK)) for i in range(len(images))]
   return dict(max_abs_image=float(np.abs(images - reference).max()),
               psnr_db_min=float(min(per_pose)), psnr_db_mean=float(np.mean(per_pose)))
+
+
+def jax_reference(model, avatar, keypoints):
+  """(images (N, H, W, 3), masks (N, H, W, 1) or None): `model.render` in float32 JAX at keypoints (N, K, 2)."""
+  keypoints = np.asarray(keypoints, np.float32)
+  reference = model.render(avatar, keypoints[None] if avatar.batched else keypoints)
+  images = np.asarray(reference['image']).reshape(len(keypoints), *reference['image'].shape[-3:])
+  masks = np.asarray(reference['mask']).reshape(len(keypoints), *reference['mask'].shape[-3:]) \
+      if 'mask' in reference else None
+  return images, masks
 
 
 def compare_with_jax(model, avatar, fp32: bytes, fp16: bytes, keypoints, folded=None,
@@ -46,10 +57,7 @@ def compare_with_jax(model, avatar, fp32: bytes, fp16: bytes, keypoints, folded=
   """Accuracy of both files against `model.render` (float32 JAX) on keypoints (N, K, 2); with the
   FoldedFrame, also of the float16-arithmetic emulation of the FP16 graph (`fp16_arithmetic_images`)."""
   keypoints = np.asarray(keypoints, np.float32)
-  reference = model.render(avatar, keypoints[None] if avatar.batched else keypoints)
-  ref_image = np.asarray(reference['image']).reshape(len(keypoints), *reference['image'].shape[-3:])
-  ref_mask = np.asarray(reference['mask']).reshape(len(keypoints), *reference['mask'].shape[-3:]) \
-      if 'mask' in reference else None
+  ref_image, ref_mask = jax_reference(model, avatar, keypoints)
   runs = {name: TFLiteFrame(data) for name, data in (('fp32', fp32), ('fp16', fp16))}
   result = {'poses': int(len(keypoints))}
   for name, frame in runs.items():
@@ -59,11 +67,11 @@ def compare_with_jax(model, avatar, fp32: bytes, fp16: bytes, keypoints, folded=
       images.append(out['image'][0])
       if 'mask' in out:
         masks.append(out['mask'][0])
-    entry = _image_errors(np.stack(images), ref_image)
+    entry = image_errors(np.stack(images), ref_image)
     if masks:
       entry['max_abs_mask'] = float(np.abs(np.stack(masks) - ref_mask).max())
     result[name] = entry
   if folded is not None:
     emulated = fp16_arithmetic_images(folded, keypoints, fp16_warp)
-    result['fp16_arithmetic_emulated'] = _image_errors(emulated, ref_image)
+    result['fp16_arithmetic_emulated'] = image_errors(emulated, ref_image)
   return result

@@ -1,7 +1,8 @@
 """The per-frame graph of one avatar as a tf.function, converted to FP32 and FP16 TFLite (export, step 2b).
 
 jax2tf (native serialization) turns the folded trunk into TF; warp.py adds the texture warp; the TFLite
-converter writes builtin ops only, the FP16 file with float16 weights and DEQUANTIZE ops.
+converter writes builtin ops only, the FP16 file with float16 weights and DEQUANTIZE ops (GATHER tables
+excepted: graph_edits.py).
 """
 from __future__ import annotations
 
@@ -38,14 +39,18 @@ def tf_frame_function(folded: fold_lib.FoldedFrame, with_mask: bool = False, war
 
 
 def to_tflite(function, fp16: bool) -> bytes:
-  """A tf.function -> .tflite bytes with builtin ops only; fp16 stores weights as float16 (+ DEQUANTIZE)."""
+  """A tf.function -> .tflite bytes with builtin ops only; fp16 stores weights as float16 (+ DEQUANTIZE),
+  except GATHER tables, kept in float32 so that a GPU delegate takes the GATHER (graph_edits.py)."""
   import tensorflow as tf
+
+  from bilayer_jax.export import graph_edits
 
   converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], function)
   converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
   if fp16:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.target_spec.supported_types = [tf.float16]
+    return graph_edits.gather_tables_in_float32(bytes(converter.convert()))[0]
   return bytes(converter.convert())
 
 

@@ -4,7 +4,9 @@
                     --check-------> GpuVerdict(compatible, violations=[(subgraph, op index, op, reason)])
 
 Why our own: `tf.lite.experimental.Analyzer(gpu_compatibility=True)` in TF 2.21 / ai-edge-litert 2.3
-calls ops "compatible" that the delegate rejects (docs/export.md), and no GPU runs here. The rules
+calls ops "compatible" that the delegate rejects (docs/export.md). This is the fast first filter; where a
+Vulkan driver exists, litert_gpu.py then runs the graph on LiteRT's own GPU accelerator, whose verdict
+is final (the rules were corrected where it disagreed). The rules
 restate what the delegate itself does before it takes a node, from two LiteRT files:
   - tflite/tools/versioning/gpu_compatibility.cc: per-operator checks (runtime/constant input counts,
     1-D INT32 GATHER indices, no shrink/ellipsis/new-axis STRIDED_SLICE, paddings shapes, fused
@@ -19,7 +21,8 @@ delegate's *standard* broadcast rule (4-D with 3-D at batch 1, 4-D with [1, 1], 
 [b, c]); the offline checker assumes an "enhanced broadcast" flag that not every delegate build sets.
 1-D operands (per-channel constants) are always fine.
 Constants: a DEQUANTIZE of a constant FP16 tensor counts as a constant, as in the delegate (it skips
-those nodes of FP16 models and reads the weights directly).
+those nodes of FP16 models and reads the weights directly, as FP16: a GATHER table must therefore not be
+one, which LiteRT's GPU accelerator showed; see litert_gpu.py, the runtime check that has the last word).
 Custom ops: the delegate has kernels for 'Convolution2DTransposeBias', 'MaxPoolingWithArgmax2D',
 'MaxUnpooling2D' and 'Resampler' only; 'Flex*' ops need the TensorFlow runtime and are violations.
 
@@ -443,6 +446,13 @@ def _graph_rules(op: OpInfo, consumers: dict, producers: dict):
     user = users[0]
     if user.builtin not in ('CAST', 'SELECT', 'SELECT_V2') or user.outputs[0].dtype not in FLOATS:
       return f'its BOOL output must go straight into a CAST/SELECT to float, not into {user.name}'
+  if op.builtin == 'GATHER' and op.inputs and op.inputs[0] is not None:
+    # Found by running LiteRT's GPU accelerator: it reads a dequantized FP16 constant as FP16, so a GATHER
+    # table from a DEQUANTIZE has an FP16 input and an FP32 output ("Input / output dtype mismatch").
+    # graph_edits.gather_tables_in_float32 stores such tables as FP32.
+    if any(p.builtin == 'DEQUANTIZE' for p in producers.get((op.subgraph, op.inputs[0].index), [])):
+      return ('its table is a DEQUANTIZE of an FP16 constant, which the delegate reads as FP16: input and output '
+              'types differ (store the table in FP32: graph_edits.gather_tables_in_float32)')
   if op.builtin == 'CAST' and op.inputs and op.inputs[0] is not None and op.inputs[0].dtype == 'BOOL' \
       and op.outputs[0].dtype in FLOATS:
     source = op.inputs[0].index

@@ -5,9 +5,11 @@
                     + the TF warp (warp.py: GATHER on the constant texture) + add [+ sigmoid]
                     --TFLiteConverter--> model_fp32.tflite, model_fp16.tflite
     --gpu_compat.py (the delegate's rules), accuracy.py (interpreter vs model.render),
-      interpreter.py (latency)--> report.json
+      interpreter.py (latency), litert_gpu.py (LiteRT's GPU accelerator, when a Vulkan driver exists:
+      delegation, FP16 and FP32 arithmetic vs model.render, latency)--> report.json
 
-Measuring on a phone (the numbers here are CPU-only; no GPU delegate runs on this machine):
+Measuring on a phone (the GPU accelerator's latency here is lavapipe's, a software GPU, and says nothing
+about a phone's speed):
   adb push model_fp16.tflite /data/local/tmp/
   adb push benchmark_model /data/local/tmp/     # LiteRT's prebuilt benchmark binary for android_arm64
   adb shell /data/local/tmp/benchmark_model --graph=/data/local/tmp/model_fp16.tflite \\
@@ -28,7 +30,7 @@ import numpy as np
 from bilayer_jax.export import accuracy as accuracy_lib
 from bilayer_jax.export import convert as convert_lib
 from bilayer_jax.export import fold as fold_lib
-from bilayer_jax.export import gpu_compat, interpreter
+from bilayer_jax.export import gpu_compat, interpreter, litert_gpu
 from bilayer_jax.export.warp import WARPS
 
 log = logging.getLogger(__name__)
@@ -36,8 +38,52 @@ log = logging.getLogger(__name__)
 FILES = ('model_fp32.tflite', 'model_fp16.tflite', 'report.json')
 
 
+GPU_CHECKS = ('auto', 'require', 'off')
+# What the export promises for a graph run by a GPU in FP16 (min over the checked poses).
+GPU_MIN_PSNR_DB = 40.0
+
 class GpuIncompatibleError(ValueError):
-  """The converted graph breaks the GPU delegate's rules (see gpu_compat)."""
+  """The converted graph breaks the GPU delegate's rules (gpu_compat) or LiteRT's GPU accelerator did not
+  take all of it (litert_gpu)."""
+
+
+class GpuUnavailable(OSError):
+  """gpu_check='require' and LiteRT's GPU accelerator found no GPU adapter."""
+
+
+def _split_outputs(arrays) -> dict:
+  """{'image': ..., 'mask': ...} from a run's outputs, told apart by channel count (as TFLiteFrame does)."""
+  return {{3: 'image', 1: 'mask'}[int(a.shape[-1])]: a for a in arrays}
+
+
+def gpu_runtime_report(files: dict, keypoints, reference_images, latency_runs: int = 20,
+                       gpu_check: str = 'auto') -> dict:
+  """Every file on LiteRT's GPU accelerator in FP16 arithmetic and with enforce_f32: fully accelerated or
+  which ops fell back (the runtime's own lines), PSNR against the JAX render, latency (software GPU).
+  A file is `gpu_ready` only when the runtime accelerated all of it in FP16 at >= GPU_MIN_PSNR_DB.
+  Without a GPU adapter: {'available': False, 'reason': ...}, or GpuUnavailable when gpu_check='require'."""
+  if gpu_check == 'off':
+    return dict(available=False, reason='not run (gpu_check=off)')
+  report = {}
+  inputs = [[np.asarray(k, np.float32).reshape(1, -1)] for k in keypoints]
+  for name, data in files.items():
+    runs = litert_gpu.run_model(data, inputs, latency_runs=latency_runs)
+    if not all(run.available for run in runs.values()):
+      reason = next(run.reason for run in runs.values() if not run.available)
+      if gpu_check == 'require':
+        raise GpuUnavailable(f'LiteRT GPU accelerator unavailable ({reason}); {litert_gpu.VULKAN_HINT}')
+      log.warning('GPU accelerator check skipped: %s. %s', reason, litert_gpu.VULKAN_HINT)
+      return dict(available=False, reason=reason)
+    entry = dict(adapter=runs['fp16'].adapter)
+    for precision, run in runs.items():
+      images = np.stack([_split_outputs(outputs)['image'][0] for outputs in run.outputs])
+      errors = accuracy_lib.image_errors(images, reference_images)
+      entry[precision] = dict(fully_accelerated=run.fully_accelerated, cpu_ops=run.cpu_ops,
+                              partition=run.partition, latency_ms=run.latency_ms, **errors)
+    fp16 = entry['fp16']
+    entry['gpu_ready'] = bool(fp16['fully_accelerated'] and fp16['psnr_db_min'] >= GPU_MIN_PSNR_DB)
+    report[name] = entry
+  return dict(available=True, files=report)
 
 
 def _random_keypoints(num: int, seed: int, num_keypoints: int) -> np.ndarray:
@@ -69,7 +115,8 @@ def check_output(out_dir) -> pathlib.Path:
 
 def export_avatar(model, avatar, out_dir, with_mask: bool = False, allow_cpu_ops: bool = False,
                   latency_runs: int = 50, keypoints=None, num_poses: int = 8, seed: int = 0,
-                  fp32_tolerance: float = 1e-3, fp32_warp: str = 'taps', fp16_warp: str = 'patches') -> dict:
+                  fp32_tolerance: float = 1e-3, fp32_warp: str = 'taps', fp16_warp: str = 'patches',
+                  gpu_check: str = 'auto') -> dict:
   """Write model_fp32.tflite, model_fp16.tflite and report.json for one avatar into out_dir.
 
   model: a `Bilayer`; avatar: from model.create_avatar (one identity). with_mask: also output the
@@ -78,14 +125,18 @@ def export_avatar(model, avatar, out_dir, with_mask: bool = False, allow_cpu_ops
   at 1 and 2 interpreter threads; 0 skips timing. fp32_warp / fp16_warp: how each file samples the
   texture (tf_warp: 'patches' stays exact when a GPU computes in FP16, 'taps' is cheaper on a CPU).
   Refuses to overwrite any of the three files. Raises GpuIncompatibleError (nothing written) when
-  the graph breaks the GPU delegate rules, unless allow_cpu_ops (then the violations are only
-  reported: those ops would run on the CPU). Raises RuntimeError when the FP32 file differs from
+  the graph breaks the GPU delegate rules, or LiteRT's GPU accelerator leaves any op of it to the CPU,
+  unless allow_cpu_ops (then the violations are only reported: those ops would run on the CPU).
+  gpu_check: 'auto' runs every file on LiteRT's GPU accelerator when a GPU adapter (any Vulkan driver)
+  exists, 'require' fails without one, 'off' skips it (report['gpu_runtime']; see gpu_runtime_report). Raises RuntimeError when the FP32 file differs from
   JAX by more than fp32_tolerance (a conversion bug, not a precision matter). Returns the report.
   """
   out_dir = pathlib.Path(out_dir)
   for warp in (fp32_warp, fp16_warp):
     if warp not in WARPS:
       raise ValueError(f'unknown warp {warp!r}; expected one of {WARPS}')
+  if gpu_check not in GPU_CHECKS:
+    raise ValueError(f'gpu_check must be one of {GPU_CHECKS}, got {gpu_check!r}')
   check_output(out_dir)
   config = model.config
   if keypoints is None:
@@ -116,6 +167,24 @@ def export_avatar(model, avatar, out_dir, with_mask: bool = False, allow_cpu_ops
   if accuracy['fp32']['max_abs_image'] > fp32_tolerance:
     raise RuntimeError(f'the FP32 TFLite model differs from the JAX render by {accuracy["fp32"]["max_abs_image"]:.3g} '
                        f'(> {fp32_tolerance}): the conversion is wrong; nothing was written')
+  reference_images, _ = accuracy_lib.jax_reference(model, avatar, keypoints)
+  gpu_runtime = gpu_runtime_report({'model_fp32.tflite': fp32, 'model_fp16.tflite': fp16}, keypoints,
+                                   reference_images, min(latency_runs, 20), gpu_check)
+  if gpu_runtime['available']:
+    fallbacks = {name: entry['fp16'] for name, entry in gpu_runtime['files'].items()
+                 if not entry['fp16']['fully_accelerated']}
+    if fallbacks:
+      message = '\n'.join(f'{name}: LiteRT\'s GPU accelerator left ops to the CPU: '
+                          f'{"; ".join(e["cpu_ops"]) or "(no reason logged)"} {e["partition"] or ""}'
+                          for name, e in fallbacks.items())
+      if not allow_cpu_ops:
+        raise GpuIncompatibleError(f'the exported graph is not fully GPU-accelerated (pass allow_cpu_ops=True '
+                                   f'to export anyway):\n{message}')
+      log.warning('exporting a graph the GPU accelerator only partly runs:\n%s', message)
+    for name, entry in gpu_runtime['files'].items():
+      log.info('%s on the GPU accelerator: fully accelerated %s, FP16 arithmetic %.1f dB (min), enforce_f32 %.1f dB, '
+               '%.1f ms on %s', name, entry['fp16']['fully_accelerated'], entry['fp16']['psnr_db_min'],
+               entry['fp32']['psnr_db_min'], entry['fp16']['latency_ms'] or float('nan'), entry['adapter'])
   latency = {}
   if latency_runs:
     for name, data in (('fp32', fp32), ('fp16', fp16)):
@@ -129,7 +198,8 @@ def export_avatar(model, avatar, out_dir, with_mask: bool = False, allow_cpu_ops
       files={name: dict(bytes=len(data), warp=warp, ops=verdicts[name].histogram, gpu=verdicts[name].to_dict())
              for name, data, warp in (('model_fp32.tflite', fp32, fp32_warp),
                                       ('model_fp16.tflite', fp16, fp16_warp))},
-      gpu_compatible=compatible, allow_cpu_ops=allow_cpu_ops,
+      gpu_compatible=compatible, allow_cpu_ops=allow_cpu_ops, gpu_runtime=gpu_runtime,
+      gpu_ready={name: entry['gpu_ready'] for name, entry in gpu_runtime.get('files', {}).items()} or None,
       accuracy=accuracy,
       latency_ms=dict(runs=latency_runs, interpreter=backend, cpu_count=os.cpu_count(), **latency),
       conversion_s=conversion_s, versions=_versions())
@@ -152,7 +222,7 @@ def export_avatar(model, avatar, out_dir, with_mask: bool = False, allow_cpu_ops
 def export_checkpoint(checkpoint_dir, source_image, source_keypoints, source_mask, out_dir,
                       enhance: bool | None = None, with_mask: bool = False, allow_cpu_ops: bool = False,
                       latency_runs: int = 50, keypoints=None, num_poses: int = 8, seed: int = 0,
-                      fp32_warp: str = 'taps', fp16_warp: str = 'patches') -> dict:
+                      fp32_warp: str = 'taps', fp16_warp: str = 'patches', gpu_check: str = 'auto') -> dict:
   """Load a checkpoint, make the avatar of one source photo and export it (see export_avatar).
 
   source_image (H, W, 3) in [-1, 1], source_keypoints (68, 2) in [-1, 1], source_mask (H, W[, 1]) in [0, 1]
@@ -174,4 +244,4 @@ def export_checkpoint(checkpoint_dir, source_image, source_keypoints, source_mas
     keypoints = np.clip(np.concatenate([source, source + jitter]), -1.0, 1.0)
   return export_avatar(model, avatar, out_dir, with_mask=with_mask, allow_cpu_ops=allow_cpu_ops,
                        latency_runs=latency_runs, keypoints=keypoints, seed=seed, fp32_warp=fp32_warp,
-                       fp16_warp=fp16_warp)
+                       fp16_warp=fp16_warp, gpu_check=gpu_check)

@@ -1,0 +1,107 @@
+"""LiteRT's GPU accelerator as the judge of a graph (bilayer_jax.export.litert_gpu), and the FP16 file edit
+that its verdict led to (graph_edits.gather_tables_in_float32).
+
+The accelerator tests need a Vulkan driver (`gpu_accelerator` fixture): CI installs lavapipe and fails
+without it; elsewhere they are skipped with what to install.
+"""
+import numpy as np
+import pytest
+
+tf = pytest.importorskip('tensorflow')
+
+from bilayer_jax.export import convert, gpu_compat, graph_edits, interpreter, litert_gpu  # noqa: E402
+
+TABLE = np.random.default_rng(0).standard_normal((512, 6)).astype(np.float32)
+# Whole numbers: a float index is exact in FP16 only as an integer below 2048 (warp.py).
+POSITIONS = np.floor(np.random.default_rng(1).uniform(0, 511, (1, 256))).astype(np.float32)
+
+
+def gather_graph(x):
+  # Float positions -> CAST -> 1-D INT32 indices -> GATHER of a constant table: the warp's pattern.
+  indices = tf.cast(tf.reshape(x, [-1]), tf.int32)
+  return tf.reshape(tf.gather(tf.constant(TABLE), indices), [1, 16, 16, 6]) * 2.0 + 1.0
+
+
+def converted_fp16() -> bytes:
+  """The FP16 conversion as the TFLite converter writes it (before our edit)."""
+  function = tf.function(gather_graph, input_signature=[tf.TensorSpec((1, 256), tf.float32)], autograph=False)
+  converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], function)
+  converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  converter.target_spec.supported_types = [tf.float16]
+  return bytes(converter.convert())
+
+
+def cpu_run(model: bytes) -> np.ndarray:
+  runner = interpreter.interpreter_backend()[1](model_content=model)
+  runner.allocate_tensors()
+  runner.set_tensor(runner.get_input_details()[0]['index'], POSITIONS)
+  runner.invoke()
+  return runner.get_tensor(runner.get_output_details()[0]['index'])
+
+
+def test_gather_table_edit_keeps_the_function_and_passes_the_rules():
+  original = converted_fp16()
+  ops = gpu_compat.op_histogram(original)
+  assert ops.get('DEQUANTIZE', 0) >= 1 and ops['GATHER'] == 1
+  verdict = gpu_compat.check(original)
+  assert not verdict.compatible and 'DEQUANTIZE of an FP16 constant' in verdict.summary()
+  edited, changed = graph_edits.gather_tables_in_float32(original)
+  assert changed == 1
+  assert gpu_compat.check(edited).compatible, gpu_compat.check(edited).summary()
+  table = next(op for op in gpu_compat.read_model(edited) if op.name == 'GATHER').inputs[0]
+  assert table.dtype == 'FLOAT32' and table.is_const and table.shape == TABLE.shape
+  # The same values as the interpreter's DEQUANTIZE of the FP16 table: outputs are bit-identical.
+  np.testing.assert_array_equal(cpu_run(edited), cpu_run(original))
+  want = TABLE.astype(np.float16).astype(np.float32)[POSITIONS.astype(np.int32).ravel()].reshape(1, 16, 16, 6)
+  np.testing.assert_allclose(cpu_run(edited), want * 2.0 + 1.0, rtol=1e-3)
+  # Nothing else to change in a file without such a table: the bytes come back as they were.
+  again, changed = graph_edits.gather_tables_in_float32(edited)
+  assert changed == 0 and again == edited
+
+
+def test_convert_writes_fp16_files_with_float32_gather_tables():
+  function = tf.function(gather_graph, input_signature=[tf.TensorSpec((1, 256), tf.float32)], autograph=False)
+  model = convert.to_tflite(function, fp16=True)
+  assert gpu_compat.check(model).compatible
+  dequantized = gpu_compat.op_histogram(converted_fp16())['DEQUANTIZE']
+  assert gpu_compat.op_histogram(model).get('DEQUANTIZE', 0) == dequantized - 1  # the table's is gone
+
+
+def test_the_accelerator_names_what_it_leaves_to_the_cpu(gpu_accelerator):
+  original = converted_fp16()
+  runs = litert_gpu.run_model(original, [[POSITIONS]])
+  for run in runs.values():
+    assert run.available and run.adapter
+    assert run.fully_accelerated is False
+    assert any(line.startswith('GATHER: Input / output dtype mismatch') for line in run.cpu_ops), run.cpu_ops
+    assert run.partition and run.partition['cpu_ops'] >= 1
+  edited = graph_edits.gather_tables_in_float32(original)[0]
+  runs = litert_gpu.run_model(edited, [[POSITIONS], [POSITIONS[:, ::-1].copy()]], latency_runs=3)
+  cpu = cpu_run(edited)
+  for precision, run in runs.items():
+    assert run.fully_accelerated and not run.cpu_ops and run.partition is None
+    assert len(run.outputs) == 2 and run.outputs[0][0].shape == (1, 16, 16, 6)
+    assert run.latency_ms > 0
+    # enforce_f32 computes as the CPU does; FP16 arithmetic rounds the multiply-add.
+    np.testing.assert_allclose(run.outputs[0][0], cpu, atol=1e-5 if precision == 'fp32' else 2e-2)
+  assert not np.allclose(runs['fp32'].outputs[0][0], runs['fp32'].outputs[1][0])  # each call its own input
+
+
+def test_no_vulkan_driver_is_reported_not_raised(monkeypatch):
+  monkeypatch.setenv('VK_ICD_FILENAMES', '/nonexistent/icd.json')  # the loader then finds no driver
+  run = litert_gpu.run_model(litert_gpu.probe_model(), [[np.ones((1, 4, 4, 4), np.float32)]],
+                             precisions=('fp16',))['fp16']
+  assert not run.available and run.reason and run.outputs is None
+  assert litert_gpu.unavailable_reason()
+
+
+def test_parse_log_reads_the_runtimes_verdict():
+  log = ('I0000 environment.cc:532] Selected adapter: llvmpipe (LLVM 15.0.6, 256 bits), backend=Vulkan\n'
+         'ERROR: Following operations are not supported by GPU delegate:\n'
+         'DEQUANTIZE: \nGATHER: Input / output dtype mismatch.\n'
+         '88 operations will run on the GPU, and the remaining 67 operations will run on the CPU.\n'
+         'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n')
+  parsed = litert_gpu._parse_log(log)
+  assert parsed['adapter'].startswith('llvmpipe')
+  assert parsed['cpu_ops'] == ['DEQUANTIZE:', 'GATHER: Input / output dtype mismatch.']
+  assert parsed['partition'] == dict(gpu_ops=88, cpu_ops=67)

@@ -261,6 +261,15 @@ def export_table_md(export: dict) -> str:
   return '\n'.join(lines)
 
 
+def gpu_ready_line(export: dict) -> str:
+  runtime = export.get('gpu_runtime') or {}
+  if not runtime.get('available'):
+    return f'LiteRT GPU accelerator: not run ({runtime.get("reason", "no report")})'
+  ready = [name for name, entry in runtime['files'].items() if entry['gpu_ready']]
+  return (f'GPU-ready on LiteRT\'s GPU accelerator (all ops accelerated, FP16 arithmetic >= 40 dB): '
+          f'**{", ".join(ready) or "none"}**')
+
+
 def write_report(out: pathlib.Path, result: dict) -> None:
   export = result.get('export') or {}
   verdict = export.get('gpu_compatible', export.get('gpu', {}).get('compatible') if isinstance(export.get('gpu'), dict) else None)
@@ -281,7 +290,8 @@ def write_report(out: pathlib.Path, result: dict) -> None:
         'One-shot avatars of new people need the full recipe on many identities (VoxCeleb2).', '',
         '![cross-identity](cross_identity.png)', '', '![animation](animation.gif)', '',
         '## Training losses', '', '![losses](loss_curves.png)', '',
-        '## FP16 TFLite export (avatar of frame 0)', '', f'GPU-delegate compatible: **{verdict}**', '',
+        '## FP16 TFLite export (avatar of frame 0)', '', f'GPU-delegate rules (static check): **{verdict}**; '
+        f'{gpu_ready_line(export)}', '',
         export_table_md(export), '', 'Full report: export/report.json.', '']
   (out / 'report.md').write_text('\n'.join(md))
   body = []

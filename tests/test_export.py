@@ -191,6 +191,20 @@ def test_graphs_run_on_the_gpu_accelerator(exported, gpu_accelerator):
   assert report['gpu_ready']['model_fp16.tflite']
 
 
+def test_demo_report_shows_the_accelerators_verdict(exported):
+  from bilayer_jax import demo
+
+  _, report = exported
+  rows = {line.split(' | ')[0].strip('| '): line for line in demo.export_table_md(report).splitlines()}
+  line = demo.gpu_ready_line(report)
+  if report['gpu_runtime']['available']:
+    assert rows['model_fp16.tflite'].endswith('(software GPU) - GPU-ready |'), rows
+    assert '| yes, ' in rows['model_fp32.tflite'] and 'GPU-ready' not in rows['model_fp32.tflite']
+    assert line.endswith('**model_fp16.tflite**')
+  else:
+    assert 'not run: ' in rows['model_fp16.tflite'] and 'not run' in line
+
+
 def test_the_accelerators_verdict_overrides_the_rules(tiny_model, avatar, tmp_path, monkeypatch, gpu_accelerator):
   # A gap in our rules (simulated: every graph passes them) and an FP16 file without the gather-table edit:
   # the runtime itself leaves the GATHER to the CPU, and the export refuses, naming it.

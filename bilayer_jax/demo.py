@@ -252,8 +252,10 @@ def export_table_md(export: dict) -> str:
     run = gpu_runtime.get('files', {}).get(name)
     if run:
       accelerated = 'yes' if run['fp16']['fully_accelerated'] else 'no: ' + '; '.join(run['fp16']['cpu_ops'])
-      on_gpu = (f'{accelerated}, {run["fp16"]["psnr_db_min"]:.1f} / {run["fp32"]["psnr_db_min"]:.1f} dB, '
-                f'{run["fp16"]["latency_ms"]:.1f} ms (software GPU){" - GPU-ready" if run["gpu_ready"] else ""}')
+      def number(value):
+        return '-' if value is None else f'{value:.1f}'
+      on_gpu = (f'{accelerated}, {number(run["fp16"]["psnr_db_min"])} / {number(run["fp32"]["psnr_db_min"])} dB, '
+                f'{number(run["fp16"]["latency_ms"])} ms (software GPU){" - GPU-ready" if run["gpu_ready"] else ""}')
     else:
       on_gpu = f'not run: {gpu_runtime.get("reason", "-")}'
     lines.append(f'| {name} | {info.get("bytes", "-")} | {"passes" if gpu.get("compatible") else gpu.get("violations", "-")} '

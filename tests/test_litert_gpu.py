@@ -105,3 +105,59 @@ def test_parse_log_reads_the_runtimes_verdict():
   assert parsed['adapter'].startswith('llvmpipe')
   assert parsed['cpu_ops'] == ['DEQUANTIZE:', 'GATHER: Input / output dtype mismatch.']
   assert parsed['partition'] == dict(gpu_ops=88, cpu_ops=67)
+  none = litert_gpu._parse_log('ERROR: Following operations are not supported by GPU delegate:\n'
+                               'GATHER: Only accept INT32 indices\n'
+                               'No operations will run on the GPU, and all 1 operations will run on the CPU.')
+  assert none['cpu_ops'] == ['GATHER: Only accept INT32 indices'] and none['partition'] == dict(gpu_ops=0, cpu_ops=1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Our static rules (gpu_compat) against the runtime's verdict, on the graphs of test_gpu_compat.
+
+def _rule_cases():
+  import test_gpu_compat as rules
+
+  f32 = tf.float32
+  cases = {name: (fn, specs) for name, (fn, specs, _, _) in rules.BAD.items()}
+  cases.update({
+      'conv_net_fp16': (rules.conv_net, [((1, 8, 8, 4), f32)]),
+      'gather_1d': (lambda i: tf.gather(tf.constant(rules.TABLE), i), [((5,), tf.int32)]),
+      'cmp_cast_each': (lambda x: x * tf.cast(x >= 0.0, f32) * tf.cast(x <= 3.0, f32), [((1, 4, 4, 2), f32)]),
+      'runtime_channel_scale': (lambda a, b: a * b, [((1, 4, 4, 3), f32), ((1, 1, 1, 3), f32)]),
+      # Rejected by our rules, accelerated by LiteRT's WebGPU accelerator (RULES_STRICTER_THAN_THE_RUNTIME):
+      'add_4d_with_hc': (lambda a, b: a + b, [((1, 4, 4, 3), f32), ((4, 3), f32)]),
+      'int32_arithmetic': (lambda x: tf.gather(tf.constant(rules.TABLE), tf.cast(x, tf.int32) * 2 + 1),
+                           [((5,), f32)]),
+      'logical_and_of_comparisons': (lambda x: x * tf.cast(tf.logical_and(x >= 0.0, x <= 3.0), f32),
+                                     [((1, 4, 4, 2), f32)]),
+      'comparison_as_output': (lambda x: tf.cast(x >= 0.0, f32), [((1, 4, 4, 2), f32)]),
+  })
+  return rules.to_tflite, cases
+
+
+# Where our rules stay stricter on purpose: they restate the phone's GPU delegate (model_builder.cc: only
+# float tensors, with INT32 only into GATHER and BOOL only from a comparison straight into one CAST/SELECT;
+# the standard broadcast rule), which the WebGPU accelerator here does not share. docs/export.md lists them.
+RULES_STRICTER_THAN_THE_RUNTIME = {'add_4d_with_hc', 'int32_arithmetic', 'logical_and_of_comparisons',
+                                   'comparison_as_output'}
+CASES = ('broadcast_to', 'gather_nd', 'gather_2d_indices', 'gather_int64_indices', 'shrink_axis_slice',
+         'reshape_to_5d', 'conv_net_fp16', 'gather_1d', 'cmp_cast_each', 'runtime_channel_scale',
+         *sorted(RULES_STRICTER_THAN_THE_RUNTIME))
+
+
+@pytest.mark.parametrize('case', CASES)
+def test_static_rules_agree_with_the_runtime(case, gpu_accelerator):
+  to_tflite, cases = _rule_cases()
+  fn, specs = cases[case]
+  model = to_tflite(fn, *specs, fp16=case.endswith('fp16'))
+  rng = np.random.default_rng(0)
+  inputs = [[rng.integers(0, 3, s).astype(d.as_numpy_dtype) if d.is_integer else rng.uniform(0, 3, s).astype(np.float32)
+             for s, d in specs]]
+  run = litert_gpu.run_model(model, inputs, precisions=('fp32',))['fp32']
+  static = gpu_compat.check(model).compatible
+  if case in RULES_STRICTER_THAN_THE_RUNTIME:
+    assert not static and run.fully_accelerated, (
+        f'{case}: the runtime now rejects it too ({run.cpu_ops}): remove it from RULES_STRICTER_THAN_THE_RUNTIME')
+  else:
+    assert static == run.fully_accelerated, (case, gpu_compat.check(model).summary(), run.cpu_ops)
+    assert static or run.cpu_ops  # a rejection comes with the runtime's reason

@@ -33,6 +33,7 @@ import numpy as np
 PRECISIONS = ('fp16', 'fp32')  # fp16: enforce_f32=False (precision loss allowed), fp32: enforce_f32=True
 _ADAPTER = re.compile(r'Selected adapter: (.*)')
 _PARTITION = re.compile(r'(\d+) operations will run on the GPU, and the remaining (\d+) operations will run on the CPU')
+_NONE_ON_GPU = re.compile(r'No operations will run on the GPU, and all (\d+) operations will run on the CPU')
 VULKAN_HINT = ('LiteRT\'s GPU accelerator needs a Vulkan driver: on Debian 12 `apt-get install libvulkan1` and '
                '`apt-get install -t bookworm-backports mesa-vulkan-drivers` (Mesa >= 23; its lavapipe is a CPU '
                'driver and serves), on Debian 13 or Ubuntu 24.04 both from the main suite')
@@ -52,6 +53,7 @@ class GpuRun:
   partition: dict | None = None                               # {'gpu_ops': n, 'cpu_ops': m} when split
   outputs: list | None = None                                 # per call: [array per output]
   latency_ms: float | None = None
+  run_error: str = ''                                         # compiled, but running it failed
 
   def to_dict(self) -> dict:
     out = dataclasses.asdict(self)
@@ -67,13 +69,16 @@ def _parse_log(log: str) -> dict:
       collecting = True
       continue
     if collecting:
-      if _PARTITION.search(line) or not re.match(r'^[A-Z_0-9]+:', line):
+      if _PARTITION.search(line) or _NONE_ON_GPU.search(line) or not re.match(r'^[A-Z_0-9]+:', line):
         collecting = False
       else:
         cpu_ops.append(line.strip())
-  partition = _PARTITION.search(log)
-  return dict(adapter=adapter.group(1).strip() if adapter else '', cpu_ops=cpu_ops,
-              partition=dict(gpu_ops=int(partition.group(1)), cpu_ops=int(partition.group(2))) if partition else None)
+  partition, none_on_gpu = _PARTITION.search(log), _NONE_ON_GPU.search(log)
+  if partition:
+    partition = dict(gpu_ops=int(partition.group(1)), cpu_ops=int(partition.group(2)))
+  elif none_on_gpu:
+    partition = dict(gpu_ops=0, cpu_ops=int(none_on_gpu.group(1)))
+  return dict(adapter=adapter.group(1).strip() if adapter else '', cpu_ops=cpu_ops, partition=partition)
 
 
 def _unavailable_reason(log: str) -> str:
@@ -114,11 +119,16 @@ def run_model(model: bytes, inputs: list, precisions=PRECISIONS, latency_runs: i
         tail = ' | '.join(line.strip() for line in (log + child.stderr).splitlines()[-4:])
         raise RuntimeError(f'LiteRT GPU run ({precision}) failed (exit {child.returncode}): {tail}')
       result = json.loads(result_file.read_text())
-      with np.load(scratch / f'{precision}.npz') as saved:
-        outputs = [[saved[f'{c}_{o}'] for o in range(result['num_outputs'])] for c in range(len(inputs))]
-      runs[precision] = GpuRun(precision, True, adapter=parsed['adapter'],
-                               fully_accelerated=result['fully_accelerated'], cpu_ops=parsed['cpu_ops'],
-                               partition=parsed['partition'], outputs=outputs, latency_ms=result['latency_ms'])
+      outputs = None
+      if 'run_error' not in result:
+        with np.load(scratch / f'{precision}.npz') as saved:
+          outputs = [[saved[f'{c}_{o}'] for o in range(result['num_outputs'])] for c in range(len(inputs))]
+      # is_fully_accelerated() has said True for a graph whose log listed rejected ops (a 5-D RESHAPE):
+      # the log's list counts too.
+      accelerated = result['fully_accelerated'] and not parsed['cpu_ops'] and not parsed['partition']
+      runs[precision] = GpuRun(precision, True, adapter=parsed['adapter'], fully_accelerated=accelerated,
+                               cpu_ops=parsed['cpu_ops'], partition=parsed['partition'], outputs=outputs,
+                               latency_ms=result.get('latency_ms'), run_error=result.get('run_error', ''))
   return runs
 
 
@@ -171,6 +181,15 @@ def _worker(scratch: pathlib.Path, precision: str, calls: int, latency_runs: int
                     cpu_options=CpuOptions(num_threads=1),
                     gpu_options=GpuOptions(enforce_f32=precision == 'fp32'))
   model = CompiledModel.from_file(str(scratch / 'model.tflite'), options=options)
+  verdict = dict(fully_accelerated=bool(model.is_fully_accelerated()))
+  try:
+    verdict.update(_run_compiled(model, scratch, precision, calls, latency_runs))
+  except (ValueError, RuntimeError) as e:  # e.g. an input dtype the buffers do not take (int64)
+    verdict['run_error'] = f'{type(e).__name__}: {e}'
+  (scratch / f'{precision}.json').write_text(json.dumps(verdict))
+
+
+def _run_compiled(model, scratch: pathlib.Path, precision: str, calls: int, latency_runs: int) -> dict:
   inputs, outputs = model.create_input_buffers(0), model.create_output_buffers(0)
   details = [buffer.get_tensor_details() for buffer in outputs]
   dtypes = [np.dtype(d['dtype']) for d in details]
@@ -194,9 +213,7 @@ def _worker(scratch: pathlib.Path, precision: str, calls: int, latency_runs: int
     times.append(time.perf_counter() - start)
   np.savez(scratch / f'{precision}.npz',
            **{f'{c}_{o}': out for c, outs in enumerate(results) for o, out in enumerate(outs)})
-  (scratch / f'{precision}.json').write_text(json.dumps(dict(
-      fully_accelerated=bool(model.is_fully_accelerated()), num_outputs=len(outputs),
-      latency_ms=1e3 * statistics.median(times) if times else None)))
+  return dict(num_outputs=len(outputs), latency_ms=1e3 * statistics.median(times) if times else None)
 
 
 @contextlib.contextmanager

@@ -53,6 +53,10 @@ class GpuUnavailable(OSError):
   """gpu_check='require' and LiteRT's GPU accelerator found no GPU adapter."""
 
 
+def _number(value) -> str:
+  return '-' if value is None else f'{value:.1f}'
+
+
 def _split_outputs(arrays) -> dict:
   """{'image': ..., 'mask': ...} from a run's outputs, told apart by channel count (as TFLiteFrame does)."""
   return {{3: 'image', 1: 'mask'}[int(a.shape[-1])]: a for a in arrays}
@@ -78,12 +82,15 @@ def gpu_runtime_report(files: dict, keypoints, reference_images, latency_runs: i
       return dict(available=False, reason=reason)
     entry = dict(adapter=runs['fp16'].adapter)
     for precision, run in runs.items():
-      images = np.stack([_split_outputs(outputs)['image'][0] for outputs in run.outputs])
-      errors = accuracy_lib.image_errors(images, reference_images)
+      errors = dict(max_abs_image=None, psnr_db_min=None, psnr_db_mean=None, run_error=run.run_error)
+      if run.outputs is not None:
+        images = np.stack([_split_outputs(outputs)['image'][0] for outputs in run.outputs])
+        errors.update(accuracy_lib.image_errors(images, reference_images))
       entry[precision] = dict(fully_accelerated=run.fully_accelerated, cpu_ops=run.cpu_ops,
                               partition=run.partition, latency_ms=run.latency_ms, **errors)
     fp16 = entry['fp16']
-    entry['gpu_ready'] = bool(fp16['fully_accelerated'] and fp16['psnr_db_min'] >= GPU_MIN_PSNR_DB)
+    entry['gpu_ready'] = bool(fp16['fully_accelerated'] and fp16['psnr_db_min'] is not None
+                              and fp16['psnr_db_min'] >= GPU_MIN_PSNR_DB)
     report[name] = entry
   return dict(available=True, files=report)
 
@@ -186,9 +193,9 @@ def export_avatar(model, avatar, out_dir, with_mask: bool = False, allow_cpu_ops
                                    f'to export anyway):\n{message}')
       log.warning('exporting a graph the GPU accelerator only partly runs:\n%s', message)
     for name, entry in gpu_runtime['files'].items():
-      log.info('%s on the GPU accelerator: fully accelerated %s, FP16 arithmetic %.1f dB (min), enforce_f32 %.1f dB, '
-               '%.1f ms on %s', name, entry['fp16']['fully_accelerated'], entry['fp16']['psnr_db_min'],
-               entry['fp32']['psnr_db_min'], entry['fp16']['latency_ms'] or float('nan'), entry['adapter'])
+      log.info('%s on the GPU accelerator: fully accelerated %s, FP16 arithmetic %s dB (min), enforce_f32 %s dB, '
+               '%s ms on %s', name, entry['fp16']['fully_accelerated'], _number(entry['fp16']['psnr_db_min']),
+               _number(entry['fp32']['psnr_db_min']), _number(entry['fp16']['latency_ms']), entry['adapter'])
   latency = {}
   if latency_runs:
     for name, data in (('fp32', fp32), ('fp16', fp16)):

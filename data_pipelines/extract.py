@@ -85,7 +85,8 @@ class Extractor:
               'counts': dict.fromkeys(('selected', 'written') + DROPS, 0),
               'skipped_clips': [], 'skipped': None}
     try:
-      self._extract(video, result)
+      with media.local_clips(video) as local:  # remote (gs://) video files are read from local copies
+        self._extract(local, result)
     except Exception as e:  # one bad video must never stop the job
       result['frames'] = []
       result['skipped'] = f'error: {type(e).__name__}: {str(e).strip()[:300]}'

@@ -26,7 +26,6 @@ import argparse
 import concurrent.futures
 import dataclasses
 import hashlib
-import json
 import logging
 import multiprocessing
 import os
@@ -35,7 +34,7 @@ import sys
 import time
 from typing import Optional
 
-from data_pipelines import media, records
+from data_pipelines import fs, media, records
 from data_pipelines.config import Config
 
 log = logging.getLogger('bilayer_jax.preprocess')
@@ -48,15 +47,6 @@ FORMAT_VERSION = 'bilayer-faces/1'
 
 class PlanMismatch(RuntimeError):
   """The output folder was made from other input videos or another config."""
-
-
-def _write_json(path: pathlib.Path, data, replace: bool = False):
-  """Atomic JSON write; refuses to replace an existing file unless `replace`."""
-  if path.exists() and not replace:
-    raise FileExistsError(f'{path} exists; not overwriting')
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-  os.replace(tmp, path)
 
 
 def make_plan(videos, config: Config, layout: str) -> dict:
@@ -103,13 +93,23 @@ def _check_models(config: Config):
     segmentation.SelfieSegmenter(config.selfie_model)
 
 
-def _shard_paths(out: pathlib.Path, split: str, index: int, count: int):
+def shard_paths(out, split: str, index: int, count: int):
+  """-> (record file, report file) of one shard."""
+  out = fs.path(out)
   return out / records.shard_filename(split, index, count), out / REPORTS_DIR / f'{split}-{index:05d}.json'
 
 
-def _write_shard(out, split, index, count, results) -> dict:
-  """All results of one shard (plan order) -> its record file and its report."""
-  record_path, report_path = _shard_paths(out, split, index, count)
+def write_shard(out, split, index, count, results) -> dict:
+  """All results of one shard (plan order) -> its record file and its report. Both runners call this.
+
+  The report is written first and the record file last: the record file's rename marks the shard as done.
+  A second attempt at a shard that is already done (a Beam bundle retried) writes nothing and returns the
+  report on disk; two attempts at once write identical files (the extraction is deterministic) under unique
+  temporary names, and the later rename of the record file is dropped (fs.publish).
+  """
+  record_path, report_path = shard_paths(out, split, index, count)
+  if record_path.exists():
+    return dict(fs.read_json(report_path), written=False)
   serialized, videos, skipped = [], [], []
   for result in results:
     skipped += result['skipped_clips']
@@ -126,14 +126,23 @@ def _write_shard(out, split, index, count, results) -> dict:
             'counts': {key: sum(r['counts'][key] for r in results) for key in results[0]['counts']}}
   if report_path.exists():
     log.warning('replacing %s left by an interrupted run (its shard file was never completed)', report_path)
-  _write_json(report_path, report, replace=True)  # only ever replaces the report of an unfinished shard
-  records.write_shard(record_path, serialized)   # the rename of this file marks the shard as done
-  return report
+  fs.write_json(report_path, report, replace=True)  # only ever replaces the report of an unfinished shard
+  written = records.write_shard(record_path, serialized)  # the rename of this file marks the shard as done
+  if not written:
+    log.warning('%s was finished by another attempt at the same shard; this attempt\'s copy is dropped',
+                record_path)
+  return dict(report, written=written)
 
 
-def _finish(out: pathlib.Path, plan: dict, config: Config, scan_skipped: list, input_dir: str) -> dict:
+def shard_stats(report: dict, planned_videos: int) -> dict:
+  """What one written shard adds to a run's summary (the same keys from both runners)."""
+  return {'shards_written': int(report['written']), 'videos_written': len(report['videos']),
+          'videos_skipped': planned_videos - len(report['videos']), 'frames_written': report['records']}
+
+
+def finish(out, plan: dict, config: Config, scan_skipped: list, input_dir: str) -> dict:
   """All shards exist: TFDS metadata, then manifest.json (the last file written)."""
-  reports = {split: [json.loads(_shard_paths(out, split, i, len(shards))[1].read_text())
+  reports = {split: [fs.read_json(shard_paths(out, split, i, len(shards))[1])
                      for i in range(len(shards))] for split, shards in plan['splits'].items()}
   records.write_tfds_metadata(
       out, config.image_size,
@@ -158,19 +167,56 @@ def _finish(out: pathlib.Path, plan: dict, config: Config, scan_skipped: list, i
   manifest = {'format': FORMAT_VERSION, 'input_dir': str(input_dir), 'layout': plan['layout'],
               'config': plan['config'], 'record_format': records.FILE_FORMAT, 'image_size': config.image_size,
               'counts': counts, 'splits': splits, 'skipped': skipped}
-  _write_json(out / MANIFEST_FILE, manifest)
+  fs.write_json(out / MANIFEST_FILE, manifest)
   return manifest
 
 
-def preprocess(input_dir, output_dir, config: Config = Config(), num_workers: Optional[int] = None,
-               progress: bool = True) -> dict:
-  """Run (or resume) the job. Returns a summary dict; the full record is OUT/manifest.json."""
-  start = time.time()
+# --runner values: the single-machine process pool, or a Beam runner (beam_runner.py); any other name
+# ending in "Runner" is passed to Beam as it is.
+BEAM_RUNNERS = {'direct': 'DirectRunner', 'prism': 'PrismRunner', 'dataflow': 'DataflowRunner',
+                'flink': 'FlinkRunner', 'spark': 'SparkRunner', 'portable': 'PortableRunner'}
+
+
+def beam_runner_name(runner: str) -> Optional[str]:
+  """--runner value -> Beam's runner name, None for the pool; a clear error for an unknown name."""
+  if runner == 'pool':
+    return None
+  if runner in BEAM_RUNNERS:
+    return BEAM_RUNNERS[runner]
+  if runner.endswith('Runner'):
+    return runner
+  raise ValueError(f'unknown runner {runner!r}: pool, {", ".join(BEAM_RUNNERS)}, or a Beam runner name '
+                   '(...Runner)')
+
+
+@dataclasses.dataclass
+class Job:
+  """A prepared run: the plan is on disk, `todo` holds the shards whose record file is missing."""
+  input_dir: str
+  out: object                     # etils epath Path of the output folder
+  config: Config
+  plan: dict
+  scan_skipped: list
+  todo: dict                      # (split, shard index) -> [media.Video] in plan order
+
+  def shard_count(self, split: str) -> int:
+    return len(self.plan['splits'][split])
+
+
+def _inside(out: str, source: str) -> bool:
+  if not (fs.is_remote(out) or fs.is_remote(source)):
+    out_path, source_path = pathlib.Path(out).resolve(), pathlib.Path(source).resolve()
+    return out_path == source_path or source_path in out_path.parents
+  out, source = out.rstrip('/') + '/', source.rstrip('/') + '/'
+  return out.startswith(source)
+
+
+def prepare(input_dir, output_dir, config: Config) -> Job:
+  """Scan, plan, check or write plan.json, remove our temporaries, list the missing shards (both runners)."""
   config.validate()
-  out = pathlib.Path(output_dir)
-  source = pathlib.Path(input_dir).resolve()
-  if out.resolve() == source or source in out.resolve().parents:
-    raise ValueError(f'the output folder {out} must not lie inside the input folder {input_dir}')
+  input_dir, output_dir = os.fspath(input_dir), os.fspath(output_dir)
+  if _inside(output_dir, input_dir):
+    raise ValueError(f'the output folder {output_dir} must not lie inside the input folder {input_dir}')
   layout, videos, scan_skipped = media.scan(input_dir, config.test_fraction, config.test_identities)
   if not videos:
     raise ValueError(f'no videos found in {input_dir} (expected PERSON/VIDEO/CLIP.mp4, frame folders, '
@@ -178,39 +224,67 @@ def preprocess(input_dir, output_dir, config: Config = Config(), num_workers: Op
   if config.segmenter == 'user' and layout == 'authors':
     raise ValueError("segmenter 'user' reads frame-aligned masks; the authors' layout brings its own in segs/")
   plan = make_plan(videos, config, layout)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / REPORTS_DIR).mkdir(exist_ok=True)
+  out = fs.path(output_dir)
+  (out / REPORTS_DIR).mkdir(parents=True, exist_ok=True)
   plan_path = out / PLAN_FILE
   if plan_path.exists():
-    old = json.loads(plan_path.read_text())
+    old = fs.read_json(plan_path)
     if old != plan:
       raise PlanMismatch(f'{out} was made from other input or settings ({_describe_mismatch(old, plan)}); '
                          'use a new output folder')
   else:
     if any(out.glob(f'{records.DATASET_NAME}-*')) or (out / MANIFEST_FILE).exists():
       raise PlanMismatch(f'{out} holds data without a {PLAN_FILE}; use a new output folder')
-    _write_json(plan_path, plan)
-  for stale in (list(out.glob(f'{records.DATASET_NAME}-*.tmp')) + list(out.glob('*.json.tmp'))
-                + list((out / REPORTS_DIR).glob('*.json.tmp'))):
-    stale.unlink()  # our own partial files from an interrupted run
-
+    fs.write_json(plan_path, plan)
+  remove_temporaries(out)
   by_id = {(v.split, v.video_id): v for v in videos}
   todo = {}
   for split, shards in plan['splits'].items():
     for index, shard in enumerate(shards):
-      if not _shard_paths(out, split, index, len(shards))[0].exists():
+      if not shard_paths(out, split, index, len(shards))[0].exists():
         todo[(split, index)] = [by_id[(split, vid)] for vid in shard['videos']]
+  return Job(input_dir, out, config, plan, scan_skipped, todo)
+
+
+def remove_temporaries(out):
+  """Our own partial files from an interrupted run or a failed attempt (names from fs.temporary_name)."""
+  out = fs.path(out)
+  for stale in (list(out.glob(f'{records.DATASET_NAME}-*{fs.TMP_SUFFIX}'))
+                + list(out.glob(f'*.json*{fs.TMP_SUFFIX}')) + list((out / REPORTS_DIR).glob(f'*{fs.TMP_SUFFIX}'))):
+    stale.unlink()
+
+
+def preprocess(input_dir, output_dir, config: Config = Config(), num_workers: Optional[int] = None,
+               progress: bool = True, runner: str = 'pool', beam_options=()) -> dict:
+  """Run (or resume) the job. Returns a summary dict; the full record is OUT/manifest.json.
+
+  runner: 'pool' (processes on this machine, `num_workers` of them) or a Beam runner (see BEAM_RUNNERS),
+  with `beam_options` (Beam's command-line pipeline options, e.g. ['--num_workers=64']).
+  """
+  start = time.time()
+  beam_name = beam_runner_name(runner)
+  if beam_name and num_workers is not None:
+    raise ValueError('--workers sets the pool\'s processes; a Beam runner takes its own options '
+                     '(e.g. --beam-option=--direct_num_workers=2 --beam-option=--direct_running_mode=multi_processing)')
+  job = prepare(input_dir, output_dir, config)
+  out, plan = job.out, job.plan
   num_videos = sum(len(s['videos']) for shards in plan['splits'].values() for s in shards)
-  num_todo = sum(len(v) for v in todo.values())
-  summary = {'output_dir': str(out), 'videos': num_videos, 'videos_done_before': num_videos - num_todo,
-             'videos_processed': num_todo, 'shards_written': 0, 'videos_written': 0, 'videos_skipped': 0,
-             'frames_written': 0}
-  if todo:
+  num_todo = sum(len(v) for v in job.todo.values())
+  summary = {'output_dir': str(out), 'runner': runner, 'videos': num_videos,
+             'videos_done_before': num_videos - num_todo, 'videos_processed': num_todo, 'shards_written': 0,
+             'videos_written': 0, 'videos_skipped': 0, 'frames_written': 0}
+  if job.todo:
     _check_models(config)
-    summary.update(_run(out, plan, config, todo, num_workers, progress))
+    if beam_name:
+      from data_pipelines import beam_runner  # needs the [beam] extra
+
+      summary.update(beam_runner.run(job, beam_name, list(beam_options), progress))
+    else:
+      summary.update(_run(job, num_workers, progress))
+    remove_temporaries(out)  # a failed attempt's files (a Beam worker lost mid-write)
   manifest_path = out / MANIFEST_FILE
   if not manifest_path.exists():
-    manifest = _finish(out, plan, config, scan_skipped, input_dir)
+    manifest = finish(out, plan, config, job.scan_skipped, job.input_dir)
     summary['manifest_written'] = True
   else:
     manifest = records.read_manifest(out)
@@ -223,10 +297,11 @@ def preprocess(input_dir, output_dir, config: Config = Config(), num_workers: Op
   return summary
 
 
-def _run(out, plan, config, todo: dict, num_workers, progress) -> dict:
+def _run(job: Job, num_workers, progress) -> dict:
+  todo = job.todo
   tasks = [(key, pos, video) for key, members in todo.items() for pos, video in enumerate(members)]
   pending = {key: [None] * len(members) for key, members in todo.items()}
-  stats = {'shards_written': 0, 'videos_written': 0, 'videos_skipped': 0, 'frames_written': 0}
+  stats = dict.fromkeys(('shards_written', 'videos_written', 'videos_skipped', 'frames_written'), 0)
   bar = _progress_bar(len(tasks), progress)
 
   def collect(key, position, result):
@@ -234,11 +309,9 @@ def _run(out, plan, config, todo: dict, num_workers, progress) -> dict:
     pending[key][position] = result
     if all(r is not None for r in pending[key]):
       split, index = key
-      report = _write_shard(out, split, index, len(plan['splits'][split]), pending.pop(key))
-      stats['shards_written'] += 1
-      stats['videos_written'] += len(report['videos'])
-      stats['videos_skipped'] += len(todo[key]) - len(report['videos'])
-      stats['frames_written'] += report['records']
+      report = write_shard(job.out, split, index, job.shard_count(split), pending.pop(key))
+      for name, value in shard_stats(report, len(todo[key])).items():
+        stats[name] += value
       bar.set_postfix(frames=stats['frames_written'], skipped=stats['videos_skipped'], refresh=False)
 
   from data_pipelines import extract  # heavy (OpenCV, PIL, the faces package): only when there is work
@@ -246,11 +319,11 @@ def _run(out, plan, config, todo: dict, num_workers, progress) -> dict:
   try:
     workers = os.cpu_count() if num_workers is None else num_workers
     if workers == 0:  # in this process: simplest to debug
-      extract.init_worker(config)
+      extract.init_worker(job.config)
       for task in tasks:
         collect(*extract.run_in_worker(task))
     else:
-      _run_pool(tasks, config, workers, collect)
+      _run_pool(tasks, job.config, workers, collect)
   finally:
     bar.close()
   return stats
@@ -321,9 +394,28 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
                       help='share of identities put in the test split (without train/ test/ folders)')
   parser.add_argument('--test-identities', nargs='*', default=[], help='persons always in the test split')
   parser.add_argument('--videos-per-shard', type=int, default=d.videos_per_shard)
-  parser.add_argument('--workers', type=int, default=None, help='processes (default: all cores; 0: in-process)')
+  parser.add_argument('--workers', type=int, default=None,
+                      help='pool runner: processes (default: all cores; 0: in-process)')
+  parser.add_argument('--runner', default='pool',
+                      help='pool (default: processes on this machine) or a Beam runner: '
+                      f'{", ".join(BEAM_RUNNERS)} (needs the [beam] extra; see docs/preprocessing.md)')
+  parser.add_argument('--beam-option', action='append', default=[], metavar='--NAME=VALUE',
+                      help='a Beam pipeline option, repeatable, written with "=": --beam-option=--num_workers=64')
+  parser.add_argument('--beam-options-file', default=None, metavar='FILE',
+                      help='Beam pipeline options, as on a command line, one or more a line; # starts a comment')
   parser.add_argument('--no-progress', action='store_true')
   return parser
+
+
+def read_beam_options(path) -> list:
+  """An options file: Beam command-line options, shell-quoted, any number a line; '#' starts a comment."""
+  import shlex
+
+  try:
+    text = pathlib.Path(path).read_text()
+  except OSError as e:
+    raise FileNotFoundError(f'--beam-options-file {path}: {e.strerror}') from None
+  return [word for line in text.splitlines() for word in shlex.split(line, comments=True)]
 
 
 def run_from_args(args) -> int:
@@ -335,7 +427,11 @@ def run_from_args(args) -> int:
                   test_identities=tuple(args.test_identities), videos_per_shard=args.videos_per_shard)
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
   try:
-    summary = preprocess(args.input_dir, args.output_dir, config, args.workers, progress=not args.no_progress)
+    beam_options = (read_beam_options(args.beam_options_file) if args.beam_options_file else []) + args.beam_option
+    if beam_options and args.runner == 'pool':
+      raise ValueError('--beam-option / --beam-options-file need a Beam --runner (direct, dataflow, flink, ...)')
+    summary = preprocess(args.input_dir, args.output_dir, config, args.workers, progress=not args.no_progress,
+                         runner=args.runner, beam_options=beam_options)
   except (ValueError, FileNotFoundError, FileExistsError, ImportError, PlanMismatch) as e:
     print(f'preprocess: {e}', file=sys.stderr)
     return 2

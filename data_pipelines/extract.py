@@ -225,11 +225,16 @@ class Extractor:
 _WORKER: Optional[Extractor] = None
 
 
+def worker_extractor(config: Config) -> Extractor:
+  """The Extractor of a worker process (the pool's or a Beam worker's)."""
+  cv2.setNumThreads(1)  # parallelism comes from the processes
+  return Extractor(config)
+
+
 def init_worker(config: Config):
   """Process-pool initializer: one Extractor (and its models) per worker process."""
   global _WORKER
-  cv2.setNumThreads(1)  # parallelism comes from the processes
-  _WORKER = Extractor(config)
+  _WORKER = worker_extractor(config)
 
 
 def run_in_worker(task):

@@ -64,6 +64,16 @@ class _RemoteEntry:
     return not self._is_dir
 
 
+def video_to_dict(video: Video) -> dict:
+  """A Video as plain JSON data (the Beam runner hands shards to its workers as JSON lines)."""
+  return dataclasses.asdict(video)
+
+
+def video_from_dict(data: dict) -> Video:
+  clips = tuple(Clip(c['name'], c['kind'], c['path'], tuple(c['frames'])) for c in data['clips'])
+  return Video(data['video_id'], data['person'], data['split'], clips)
+
+
 def _sorted_entries(folder):
   if fs.is_remote(folder):
     return sorted((_RemoteEntry(e) for e in fs.path(folder).iterdir()), key=lambda e: e.name)

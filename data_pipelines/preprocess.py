@@ -1,11 +1,16 @@
 """`bilayer-jax preprocess`: a folder of talking-head videos -> sharded training frames + manifest (a TFDS dataset).
 
   bilayer-jax preprocess VIDEOS/ OUT/ --size 256 --landmarks dlib --segmenter selfie --max-frames 64 --workers 16
-  (or: python -m data_pipelines.preprocess VIDEOS/ OUT/ ...)
+  bilayer-jax preprocess VIDEOS/ OUT/ --runner direct          (Apache Beam's local runner; [beam] extra)
+  bilayer-jax preprocess gs://B/vox2/dev gs://B/vox2_256 --runner dataflow --beam-options-file FILE
+  (or: python -m data_pipelines.preprocess VIDEOS/ OUT/ ...; runners and their launch: docs/preprocessing.md)
 
-Data flow: media.scan (videos, identity split) -> a plan (videos grouped into shards, in sorted order)
--> worker processes run extract.Extractor per video -> this process writes each shard when all its videos
-are back -> when every shard exists: TFDS metadata and manifest.json.
+Data flow: job.prepare (media.scan: videos, identity split -> a plan: videos grouped into shards, in sorted
+order -> plan.json) -> a runner extracts the videos of each missing shard (extract.Extractor) and writes the
+shard (job.write_shard): the default runner `pool` is worker processes on this machine, with this process
+writing each shard when all its videos are back; a Beam runner does the same on Beam workers
+(beam_runner.py) -> when every shard exists: TFDS metadata and manifest.json (job.finish). Both runners write
+the same files, byte for byte.
 
 Output folder:
   plan.json                              config + shard plan, written once; a rerun must match it
@@ -14,18 +19,17 @@ Output folder:
   dataset_info.json, features.json       TFDS metadata (tfds.builder_from_directory)
   manifest.json                          written last: config, counts, per-split video index, skipped items
 
-Resuming: a shard is done when its record file exists (written to a .tmp file, then renamed), so a crash
-loses only the shards in progress; a rerun processes only the missing shards and never rewrites a file
-that is complete. A rerun with other input videos or another config stops with an error instead
-of mixing two datasets (use a new output folder). Every skipped item (file, clip, video) is listed
-in the manifest with its reason, frame-level drops are counted per video.
+Resuming: a shard is done when its record file exists (written under a unique .tmp name, then renamed
+without replacing a finished file), so a crash loses only the shards in progress; a rerun, with either
+runner, processes only the missing shards and never rewrites a file that is complete. A rerun with other
+input videos or another config stops with an error instead of mixing two datasets (use a new output
+folder). Every skipped item (file, clip, video) is listed in the manifest with its reason, frame-level drops
+are counted per video.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import dataclasses
-import hashlib
 import logging
 import multiprocessing
 import os
@@ -34,142 +38,11 @@ import sys
 import time
 from typing import Optional
 
-from data_pipelines import fs, media, records
+from data_pipelines import job as job_lib, records
 from data_pipelines.config import Config
+from data_pipelines.job import MANIFEST_FILE, PlanMismatch
 
 log = logging.getLogger('bilayer_jax.preprocess')
-
-PLAN_FILE = 'plan.json'
-MANIFEST_FILE = records.MANIFEST_FILE
-REPORTS_DIR = 'shards'
-FORMAT_VERSION = 'bilayer-faces/1'
-
-
-class PlanMismatch(RuntimeError):
-  """The output folder was made from other input videos or another config."""
-
-
-def make_plan(videos, config: Config, layout: str) -> dict:
-  """Deterministic shard plan: per split, consecutive groups of `videos_per_shard` sorted videos."""
-  splits = {}
-  for video in videos:
-    splits.setdefault(video.split, []).append(video)
-  plan = {'format': FORMAT_VERSION, 'layout': layout, 'config': _config_dict(config), 'splits': {}}
-  for split, members in sorted(splits.items()):
-    step = config.videos_per_shard
-    groups = [members[i:i + step] for i in range(0, len(members), step)]
-    plan['splits'][split] = [
-        {'videos': [v.video_id for v in group],
-         'digest': hashlib.sha256('\n'.join(c.name for v in group for c in v.clips).encode()).hexdigest()}
-        for group in groups]
-  return plan
-
-
-def _config_dict(config: Config) -> dict:
-  data = dataclasses.asdict(config)
-  data['test_identities'] = sorted(data['test_identities'])
-  return data
-
-
-def _describe_mismatch(old: dict, new: dict) -> str:
-  for key in sorted(set(old['config']) | set(new['config'])):
-    if old['config'].get(key) != new['config'].get(key):
-      return f'config {key}: {old["config"].get(key)!r} before, {new["config"].get(key)!r} now'
-  if old['layout'] != new['layout']:
-    return f'layout {old["layout"]} before, {new["layout"]} now'
-  ids = lambda p: {v for shards in p['splits'].values() for s in shards for v in s['videos']}
-  added, removed = ids(new) - ids(old), ids(old) - ids(new)
-  if added or removed:
-    return f'{len(added)} videos added (e.g. {sorted(added)[:3]}), {len(removed)} removed (e.g. {sorted(removed)[:3]})'
-  return 'the clips or the split of some videos changed'
-
-
-def _check_models(config: Config):
-  """Fail before starting workers when a model file is missing (instead of skipping every video)."""
-  from data_pipelines.faces import landmarks, segmentation
-
-  landmarks.make_backend(config.landmarks)
-  if config.segmenter == 'selfie':
-    segmentation.SelfieSegmenter(config.selfie_model)
-
-
-def shard_paths(out, split: str, index: int, count: int):
-  """-> (record file, report file) of one shard."""
-  out = fs.path(out)
-  return out / records.shard_filename(split, index, count), out / REPORTS_DIR / f'{split}-{index:05d}.json'
-
-
-def write_shard(out, split, index, count, results) -> dict:
-  """All results of one shard (plan order) -> its record file and its report. Both runners call this.
-
-  The report is written first and the record file last: the record file's rename marks the shard as done.
-  A second attempt at a shard that is already done (a Beam bundle retried) writes nothing and returns the
-  report on disk; two attempts at once write identical files (the extraction is deterministic) under unique
-  temporary names, and the later rename of the record file is dropped (fs.publish).
-  """
-  record_path, report_path = shard_paths(out, split, index, count)
-  if record_path.exists():
-    return dict(fs.read_json(report_path), written=False)
-  serialized, videos, skipped = [], [], []
-  for result in results:
-    skipped += result['skipped_clips']
-    if result['skipped']:
-      skipped.append({'item': result['video_id'], 'reason': result['skipped']})
-      continue
-    videos.append({'video_id': result['video_id'], 'person': result['person'], 'offset': len(serialized),
-                   'frames': len(result['frames']), 'counts': result['counts']})
-    serialized += [records.serialize_frame(frame, result['video_id']) for frame in result['frames']]
-  for item in skipped:
-    log.info('skipped %s: %s', item['item'], item['reason'])
-  report = {'split': split, 'shard': index, 'file': record_path.name, 'records': len(serialized),
-            'bytes': sum(len(r) for r in serialized), 'videos': videos, 'skipped': skipped,
-            'counts': {key: sum(r['counts'][key] for r in results) for key in results[0]['counts']}}
-  if report_path.exists():
-    log.warning('replacing %s left by an interrupted run (its shard file was never completed)', report_path)
-  fs.write_json(report_path, report, replace=True)  # only ever replaces the report of an unfinished shard
-  written = records.write_shard(record_path, serialized)  # the rename of this file marks the shard as done
-  if not written:
-    log.warning('%s was finished by another attempt at the same shard; this attempt\'s copy is dropped',
-                record_path)
-  return dict(report, written=written)
-
-
-def shard_stats(report: dict, planned_videos: int) -> dict:
-  """What one written shard adds to a run's summary (the same keys from both runners)."""
-  return {'shards_written': int(report['written']), 'videos_written': len(report['videos']),
-          'videos_skipped': planned_videos - len(report['videos']), 'frames_written': report['records']}
-
-
-def finish(out, plan: dict, config: Config, scan_skipped: list, input_dir: str) -> dict:
-  """All shards exist: TFDS metadata, then manifest.json (the last file written)."""
-  reports = {split: [fs.read_json(shard_paths(out, split, i, len(shards))[1])
-                     for i in range(len(shards))] for split, shards in plan['splits'].items()}
-  records.write_tfds_metadata(
-      out, config.image_size,
-      {split: [r['records'] for r in rs] for split, rs in reports.items()},
-      {split: sum(r['bytes'] for r in rs) for split, rs in reports.items()},
-      description='Face crops, 68 keypoints and soft masks made by `bilayer-jax preprocess` (see manifest.json).')
-  counts = {'videos_planned': 0, 'videos_written': 0}
-  splits, skipped = {}, list(scan_skipped)
-  for split, rs in reports.items():
-    index = [[v['video_id'], r['shard'], v['offset'], v['frames']] for r in rs for v in r['videos']]
-    splits[split] = {'shards': [r['file'] for r in rs], 'shard_records': [r['records'] for r in rs],
-                     'videos': len(index), 'frames': sum(r['records'] for r in rs),
-                     'persons': len({v['person'] for r in rs for v in r['videos']}), 'index': index}
-    counts['videos_planned'] += sum(len(s['videos']) for s in plan['splits'][split])
-    counts['videos_written'] += len(index)
-    for r in rs:
-      skipped += r['skipped']
-      for key, value in r['counts'].items():  # frames: selected, written, and dropped by reason
-        counts[f'frames_{key}'] = counts.get(f'frames_{key}', 0) + value
-  counts['videos_skipped'] = counts['videos_planned'] - counts['videos_written']
-  counts['items_skipped'] = len(skipped)
-  manifest = {'format': FORMAT_VERSION, 'input_dir': str(input_dir), 'layout': plan['layout'],
-              'config': plan['config'], 'record_format': records.FILE_FORMAT, 'image_size': config.image_size,
-              'counts': counts, 'splits': splits, 'skipped': skipped}
-  fs.write_json(out / MANIFEST_FILE, manifest)
-  return manifest
-
 
 # --runner values: the single-machine process pool, or a Beam runner (beam_runner.py); any other name
 # ending in "Runner" is passed to Beam as it is.
@@ -189,69 +62,13 @@ def beam_runner_name(runner: str) -> Optional[str]:
                    '(...Runner)')
 
 
-@dataclasses.dataclass
-class Job:
-  """A prepared run: the plan is on disk, `todo` holds the shards whose record file is missing."""
-  input_dir: str
-  out: object                     # etils epath Path of the output folder
-  config: Config
-  plan: dict
-  scan_skipped: list
-  todo: dict                      # (split, shard index) -> [media.Video] in plan order
+def _check_models(config: Config):
+  """Fail before starting workers when a model file is missing (instead of skipping every video)."""
+  from data_pipelines.faces import landmarks, segmentation
 
-  def shard_count(self, split: str) -> int:
-    return len(self.plan['splits'][split])
-
-
-def _inside(out: str, source: str) -> bool:
-  if not (fs.is_remote(out) or fs.is_remote(source)):
-    out_path, source_path = pathlib.Path(out).resolve(), pathlib.Path(source).resolve()
-    return out_path == source_path or source_path in out_path.parents
-  out, source = out.rstrip('/') + '/', source.rstrip('/') + '/'
-  return out.startswith(source)
-
-
-def prepare(input_dir, output_dir, config: Config) -> Job:
-  """Scan, plan, check or write plan.json, remove our temporaries, list the missing shards (both runners)."""
-  config.validate()
-  input_dir, output_dir = os.fspath(input_dir), os.fspath(output_dir)
-  if _inside(output_dir, input_dir):
-    raise ValueError(f'the output folder {output_dir} must not lie inside the input folder {input_dir}')
-  layout, videos, scan_skipped = media.scan(input_dir, config.test_fraction, config.test_identities)
-  if not videos:
-    raise ValueError(f'no videos found in {input_dir} (expected PERSON/VIDEO/CLIP.mp4, frame folders, '
-                     'or the authors\' imgs/keypoints/segs layout)')
-  if config.segmenter == 'user' and layout == 'authors':
-    raise ValueError("segmenter 'user' reads frame-aligned masks; the authors' layout brings its own in segs/")
-  plan = make_plan(videos, config, layout)
-  out = fs.path(output_dir)
-  (out / REPORTS_DIR).mkdir(parents=True, exist_ok=True)
-  plan_path = out / PLAN_FILE
-  if plan_path.exists():
-    old = fs.read_json(plan_path)
-    if old != plan:
-      raise PlanMismatch(f'{out} was made from other input or settings ({_describe_mismatch(old, plan)}); '
-                         'use a new output folder')
-  else:
-    if any(out.glob(f'{records.DATASET_NAME}-*')) or (out / MANIFEST_FILE).exists():
-      raise PlanMismatch(f'{out} holds data without a {PLAN_FILE}; use a new output folder')
-    fs.write_json(plan_path, plan)
-  remove_temporaries(out)
-  by_id = {(v.split, v.video_id): v for v in videos}
-  todo = {}
-  for split, shards in plan['splits'].items():
-    for index, shard in enumerate(shards):
-      if not shard_paths(out, split, index, len(shards))[0].exists():
-        todo[(split, index)] = [by_id[(split, vid)] for vid in shard['videos']]
-  return Job(input_dir, out, config, plan, scan_skipped, todo)
-
-
-def remove_temporaries(out):
-  """Our own partial files from an interrupted run or a failed attempt (names from fs.temporary_name)."""
-  out = fs.path(out)
-  for stale in (list(out.glob(f'{records.DATASET_NAME}-*{fs.TMP_SUFFIX}'))
-                + list(out.glob(f'*.json*{fs.TMP_SUFFIX}')) + list((out / REPORTS_DIR).glob(f'*{fs.TMP_SUFFIX}'))):
-    stale.unlink()
+  landmarks.make_backend(config.landmarks)
+  if config.segmenter == 'selfie':
+    segmentation.SelfieSegmenter(config.selfie_model)
 
 
 def preprocess(input_dir, output_dir, config: Config = Config(), num_workers: Optional[int] = None,
@@ -266,7 +83,11 @@ def preprocess(input_dir, output_dir, config: Config = Config(), num_workers: Op
   if beam_name and num_workers is not None:
     raise ValueError('--workers sets the pool\'s processes; a Beam runner takes its own options '
                      '(e.g. --beam-option=--direct_num_workers=2 --beam-option=--direct_running_mode=multi_processing)')
-  job = prepare(input_dir, output_dir, config)
+  if beam_name:
+    from data_pipelines import beam_runner  # needs the [beam] extra: a clear ImportError without it
+
+    beam_pipeline_options = beam_runner.pipeline_options(beam_name, list(beam_options))  # checked before any work
+  job = job_lib.prepare(input_dir, output_dir, config)
   out, plan = job.out, job.plan
   num_videos = sum(len(s['videos']) for shards in plan['splits'].values() for s in shards)
   num_todo = sum(len(v) for v in job.todo.values())
@@ -276,15 +97,13 @@ def preprocess(input_dir, output_dir, config: Config = Config(), num_workers: Op
   if job.todo:
     _check_models(config)
     if beam_name:
-      from data_pipelines import beam_runner  # needs the [beam] extra
-
-      summary.update(beam_runner.run(job, beam_name, list(beam_options), progress))
+      summary.update(beam_runner.run(job, beam_pipeline_options, progress))
     else:
       summary.update(_run(job, num_workers, progress))
-    remove_temporaries(out)  # a failed attempt's files (a Beam worker lost mid-write)
+    job_lib.remove_temporaries(out)  # a failed attempt's files (a Beam worker lost mid-write)
   manifest_path = out / MANIFEST_FILE
   if not manifest_path.exists():
-    manifest = finish(out, plan, config, job.scan_skipped, job.input_dir)
+    manifest = job_lib.finish(out, plan, config, job.scan_skipped, job.input_dir)
     summary['manifest_written'] = True
   else:
     manifest = records.read_manifest(out)
@@ -297,7 +116,7 @@ def preprocess(input_dir, output_dir, config: Config = Config(), num_workers: Op
   return summary
 
 
-def _run(job: Job, num_workers, progress) -> dict:
+def _run(job: job_lib.Job, num_workers, progress) -> dict:
   todo = job.todo
   tasks = [(key, pos, video) for key, members in todo.items() for pos, video in enumerate(members)]
   pending = {key: [None] * len(members) for key, members in todo.items()}
@@ -309,8 +128,8 @@ def _run(job: Job, num_workers, progress) -> dict:
     pending[key][position] = result
     if all(r is not None for r in pending[key]):
       split, index = key
-      report = write_shard(job.out, split, index, job.shard_count(split), pending.pop(key))
-      for name, value in shard_stats(report, len(todo[key])).items():
+      report = job_lib.write_shard(job.out, split, index, job.shard_count(split), pending.pop(key))
+      for name, value in job_lib.shard_stats(report, len(todo[key])).items():
         stats[name] += value
       bar.set_postfix(frames=stats['frames_written'], skipped=stats['videos_skipped'], refresh=False)
 
@@ -369,6 +188,8 @@ def format_summary(summary: dict) -> str:
                       if k.startswith('frames_') and k not in ('frames_written', 'frames_selected') and v)
   lines.append(f"  videos skipped {total['videos_skipped']}, items skipped {total['items_skipped']} "
                f"(see manifest.json); frames dropped: {dropped or 'none'}")
+  if summary.get('beam_metrics'):
+    lines.append('  Beam metrics (this run): ' + ', '.join(f'{k} {v}' for k, v in summary['beam_metrics'].items()))
   return '\n'.join(lines)
 
 

@@ -79,7 +79,9 @@ def serialize_frame(frame: dict, video_id: str) -> bytes:
       'frame': _ints([frame['frame']]),
       'box': _ints(np.asarray(frame['box']).reshape(4)),
   }))
-  return example.SerializeToString()
+  # deterministic: map entries (the features) sorted by name; otherwise their order, and so the bytes of a
+  # shard, depend on the process (string hashing), and a redone or retried shard would differ from the first
+  return example.SerializeToString(deterministic=True)
 
 
 def parse_spec():

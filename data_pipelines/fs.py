@@ -5,11 +5,12 @@
   fs.write_through_local(final, write)                               # write(local name), then publish
   with fs.local_copy('gs://bucket/in/p/v/clip.mp4') as name: ...     # a local file for ffmpeg / OpenCV
 
-Data flow: media.py (scanning and reading clips), records.py (shard files) and preprocess.py (plan, reports,
+Data flow: media.py (scanning and reading clips), records.py (shard files) and job.py (plan, reports,
 manifest) call these instead of `open`/`os` so that the same code runs on one machine and on Beam workers that
 read and write gs:// paths. epath reaches gs:// through tf.io.gfile (or gcsfs when installed).
 
-Only local paths are exercised by the tests: gs:// goes through the same calls but was never run here.
+Only local paths are exercised by the tests (the remote branches too, by tests/test_beam.py on local files
+taken for remote ones): gs:// itself goes through the same calls but was never run here.
 Atomicity: a file is written to a unique temporary name beside its final name and then renamed, so a reader
 never sees a partial file, and two attempts at the same file (a Beam bundle that runs twice) never write into
 one temporary file. On a local disk the final rename is a hard link, which fails when the final name exists,
@@ -134,7 +135,8 @@ def write_through_local(final, write) -> bool:
   os.close(handle)
   try:
     write(local)
-    path(local).copy(tmp)
+    with open(local, 'rb') as src, tmp.open('wb') as dst:  # the upload: epath's copy goes by the source's backend
+      shutil.copyfileobj(src, dst, 1 << 22)
   finally:
     os.unlink(local)
   return publish(tmp, final)

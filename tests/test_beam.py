@@ -134,6 +134,24 @@ def test_a_killed_beam_run_resumes_to_the_pools_dataset(inputs, pool, tmp_path):
   assert files(out) == files(pool['out'])
 
 
+def test_the_remote_path_branches_on_local_files(inputs, pool, tmp_path, monkeypatch):
+  # No cloud storage here: every path is taken for a remote one (gs://...), so the scan, the clip downloads,
+  # the uploads of shard files and the publishing take their remote branches, through epath, on local files.
+  copies = []
+  local_copy = fs.local_copy
+
+  def counted(name):
+    copies.append(str(name))
+    return local_copy(name)
+
+  monkeypatch.setattr(fs, 'is_remote', lambda value: True)
+  monkeypatch.setattr(fs, 'local_copy', counted)
+  out = tmp_path / 'out'
+  preprocess.preprocess(inputs, out, CONFIG, progress=False, runner='direct')
+  assert len(copies) == 6 and all(name.endswith('.mp4') for name in copies)  # every clip, downloaded
+  assert files(out) == files(pool['out'])
+
+
 def fake_result(video_id: str, frames: int) -> dict:
   """What extract.Extractor returns, with tiny stand-in image bytes (write_shard does not decode them)."""
   counts = {key: 0 for key in ('selected', 'written') + DROPS}

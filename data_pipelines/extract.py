@@ -85,7 +85,8 @@ class Extractor:
               'counts': dict.fromkeys(('selected', 'written') + DROPS, 0),
               'skipped_clips': [], 'skipped': None}
     try:
-      self._extract(video, result)
+      with media.local_clips(video) as local:  # remote (gs://) video files are read from local copies
+        self._extract(local, result)
     except Exception as e:  # one bad video must never stop the job
       result['frames'] = []
       result['skipped'] = f'error: {type(e).__name__}: {str(e).strip()[:300]}'
@@ -224,11 +225,16 @@ class Extractor:
 _WORKER: Optional[Extractor] = None
 
 
+def worker_extractor(config: Config) -> Extractor:
+  """The Extractor of a worker process (the pool's or a Beam worker's)."""
+  cv2.setNumThreads(1)  # parallelism comes from the processes
+  return Extractor(config)
+
+
 def init_worker(config: Config):
   """Process-pool initializer: one Extractor (and its models) per worker process."""
   global _WORKER
-  cv2.setNumThreads(1)  # parallelism comes from the processes
-  _WORKER = Extractor(config)
+  _WORKER = worker_extractor(config)
 
 
 def run_in_worker(task):

@@ -15,6 +15,7 @@ go to 'test' when their person is in `test_identities`, or else by a hash of the
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -23,6 +24,8 @@ import pathlib
 from typing import Optional, Sequence
 
 import numpy as np
+
+from data_pipelines import fs
 
 VIDEO_SUFFIXES = frozenset({'.mp4', '.m4v', '.mov', '.avi', '.mkv', '.webm', '.mpg', '.mpeg', '.flv', '.wmv',
                             '.3gp', '.ts'})
@@ -48,7 +51,32 @@ class Video:
   clips: tuple
 
 
-def _sorted_entries(folder: pathlib.Path):
+class _RemoteEntry:
+  """What os.scandir gives for a local folder, for one entry of a gs:// (etc.) folder."""
+
+  def __init__(self, entry):
+    self.name, self.path, self._is_dir = entry.name, os.fspath(entry), entry.is_dir()
+
+  def is_dir(self) -> bool:
+    return self._is_dir
+
+  def is_file(self) -> bool:
+    return not self._is_dir
+
+
+def video_to_dict(video: Video) -> dict:
+  """A Video as plain JSON data (the Beam runner hands shards to its workers as JSON lines)."""
+  return dataclasses.asdict(video)
+
+
+def video_from_dict(data: dict) -> Video:
+  clips = tuple(Clip(c['name'], c['kind'], c['path'], tuple(c['frames'])) for c in data['clips'])
+  return Video(data['video_id'], data['person'], data['split'], clips)
+
+
+def _sorted_entries(folder):
+  if fs.is_remote(folder):
+    return sorted((_RemoteEntry(e) for e in fs.path(folder).iterdir()), key=lambda e: e.name)
   return sorted(os.scandir(folder), key=lambda e: e.name)
 
 
@@ -62,12 +90,12 @@ def hashed_split(person: str, test_fraction: float) -> str:
   return 'test' if digest / 2.0 ** 64 < test_fraction else 'train'
 
 
-def _video_clips(folder: pathlib.Path, root: pathlib.Path, skipped: list) -> list:
+def _video_clips(folder, root, skipped: list) -> list:
   clips, loose_images = [], []
   for entry in _sorted_entries(folder):
     if _is_hidden(entry.name):
       continue
-    path = pathlib.Path(entry.path)
+    path = fs.path(entry.path)
     rel = path.relative_to(root).as_posix()
     suffix = path.suffix.lower()
     if entry.is_dir():
@@ -88,24 +116,24 @@ def _video_clips(folder: pathlib.Path, root: pathlib.Path, skipped: list) -> lis
   return clips
 
 
-def _scan_videos(root: pathlib.Path, base: pathlib.Path, split: Optional[str], test_fraction: float,
+def _scan_videos(root, base, split: Optional[str], test_fraction: float,
                  test_identities: frozenset, skipped: list) -> list:
   videos = []
   for person in _sorted_entries(base):
     if _is_hidden(person.name):
       continue
     if not person.is_dir():
-      skipped.append({'item': pathlib.Path(person.path).relative_to(root).as_posix(),
+      skipped.append({'item': fs.path(person.path).relative_to(root).as_posix(),
                       'reason': 'expected PERSON/VIDEO/CLIP, found a file at the person level'})
       continue
     for video in _sorted_entries(person.path):
       if _is_hidden(video.name):
         continue
-      rel = pathlib.Path(video.path).relative_to(root).as_posix()
+      rel = fs.path(video.path).relative_to(root).as_posix()
       if not video.is_dir():
         skipped.append({'item': rel, 'reason': 'expected PERSON/VIDEO/CLIP, found a file at the video level'})
         continue
-      clips = _video_clips(pathlib.Path(video.path), root, skipped)
+      clips = _video_clips(fs.path(video.path), root, skipped)
       if not clips:
         skipped.append({'item': rel, 'reason': 'no clips'})
         continue
@@ -115,7 +143,7 @@ def _scan_videos(root: pathlib.Path, base: pathlib.Path, split: Optional[str], t
   return videos
 
 
-def _scan_authors(root: pathlib.Path, skipped: list) -> list:
+def _scan_authors(root, skipped: list) -> list:
   videos = []
   has_segs = (root / 'segs').is_dir()
   for split in ('train', 'test'):
@@ -138,7 +166,7 @@ def _scan_authors(root: pathlib.Path, skipped: list) -> list:
           kinds = ('keypoints', 'segs') if has_segs else ('keypoints',)
           for kind in kinds:
             folder = root / kind / rel
-            stems &= {pathlib.Path(n).stem for n in (os.listdir(folder) if folder.is_dir() else [])}
+            stems &= {pathlib.Path(e.name).stem for e in (_sorted_entries(folder) if folder.is_dir() else [])}
           if stems:
             clips.append(Clip(rel, 'authors', str(root), tuple(sorted(stems))))
           else:
@@ -150,25 +178,30 @@ def _scan_authors(root: pathlib.Path, skipped: list) -> list:
 
 
 def detect_layout(root) -> str:
-  root = pathlib.Path(root)
+  root = fs.path(root)
   return 'authors' if (root / 'imgs').is_dir() and (root / 'keypoints').is_dir() else 'videos'
 
 
 def scan(root, test_fraction: float = 0.0, test_identities: Sequence[str] = ()) -> tuple:
-  """-> (layout, videos sorted by (split, video id), skipped items [{'item', 'reason'}])."""
-  root = pathlib.Path(root)
+  """-> (layout, videos sorted by (split, video id), skipped items [{'item', 'reason'}]).
+
+  `root` may be a local folder or a gs:// (etc.) URI (fs.py); the authors' layout is read locally only.
+  """
+  root = fs.path(root)
   if not root.is_dir():
     raise FileNotFoundError(f'input folder {root} does not exist')
   skipped = []
   layout = detect_layout(root)
   if layout == 'authors':
+    if fs.is_remote(root):
+      raise ValueError(f"{root}: the authors' layout is read from a local folder only (copy it to this machine)")
     videos = _scan_authors(root, skipped)
   else:
     tops = [e for e in _sorted_entries(root) if e.is_dir() and not _is_hidden(e.name)]
     if tops and all(e.name in SPLIT_FOLDERS for e in tops):
       videos = []
       for top in tops:
-        videos += _scan_videos(root, pathlib.Path(top.path), SPLIT_FOLDERS[top.name], test_fraction,
+        videos += _scan_videos(root, fs.path(top.path), SPLIT_FOLDERS[top.name], test_fraction,
                                frozenset(test_identities), skipped)
     else:
       videos = _scan_videos(root, root, None, test_fraction, frozenset(test_identities), skipped)
@@ -216,6 +249,16 @@ def _first_line(error: Exception) -> str:
   return text[0][:200] if text else ''
 
 
+@contextlib.contextmanager
+def local_clips(video: Video):
+  """`video` with its remote video files downloaded to local temporary files (ffmpeg reads local files);
+  the clips keep their names, so the output does not depend on where the input was."""
+  with contextlib.ExitStack() as stack:
+    clips = tuple(dataclasses.replace(c, path=stack.enter_context(fs.local_copy(c.path)))
+                  if c.kind == 'video' and fs.is_remote(c.path) else c for c in video.clips)
+    yield dataclasses.replace(video, clips=clips)
+
+
 def clip_length(clip: Clip) -> int:
   """Number of frames of a clip (for a video: from its container, before decoding)."""
   if clip.kind != 'video':
@@ -229,7 +272,10 @@ def read_image(path: str) -> Optional[np.ndarray]:
   """An image file -> uint8 RGB (H, W, 3), or None when it cannot be decoded."""
   import cv2
 
-  data = np.fromfile(path, np.uint8) if os.path.isfile(path) else None
+  if fs.is_remote(path):
+    data = np.frombuffer(fs.path(path).read_bytes(), np.uint8) if fs.path(path).is_file() else None
+  else:
+    data = np.fromfile(path, np.uint8) if os.path.isfile(path) else None
   image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
   return None if image is None else np.ascontiguousarray(image[:, :, ::-1])
 

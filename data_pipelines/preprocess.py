@@ -1,11 +1,16 @@
 """`bilayer-jax preprocess`: a folder of talking-head videos -> sharded training frames + manifest (a TFDS dataset).
 
   bilayer-jax preprocess VIDEOS/ OUT/ --size 256 --landmarks dlib --segmenter selfie --max-frames 64 --workers 16
-  (or: python -m data_pipelines.preprocess VIDEOS/ OUT/ ...)
+  bilayer-jax preprocess VIDEOS/ OUT/ --runner direct          (Apache Beam's local runner; [beam] extra)
+  bilayer-jax preprocess gs://B/vox2/dev gs://B/vox2_256 --runner dataflow --beam-options-file FILE
+  (or: python -m data_pipelines.preprocess VIDEOS/ OUT/ ...; runners and their launch: docs/preprocessing.md)
 
-Data flow: media.scan (videos, identity split) -> a plan (videos grouped into shards, in sorted order)
--> worker processes run extract.Extractor per video -> this process writes each shard when all its videos
-are back -> when every shard exists: TFDS metadata and manifest.json.
+Data flow: job.prepare (media.scan: videos, identity split -> a plan: videos grouped into shards, in sorted
+order -> plan.json) -> a runner extracts the videos of each missing shard (extract.Extractor) and writes the
+shard (job.write_shard): the default runner `pool` is worker processes on this machine, with this process
+writing each shard when all its videos are back; a Beam runner does the same on Beam workers
+(beam_runner.py) -> when every shard exists: TFDS metadata and manifest.json (job.finish). Both runners write
+the same files, byte for byte.
 
 Output folder:
   plan.json                              config + shard plan, written once; a rerun must match it
@@ -14,19 +19,17 @@ Output folder:
   dataset_info.json, features.json       TFDS metadata (tfds.builder_from_directory)
   manifest.json                          written last: config, counts, per-split video index, skipped items
 
-Resuming: a shard is done when its record file exists (written to a .tmp file, then renamed), so a crash
-loses only the shards in progress; a rerun processes only the missing shards and never rewrites a file
-that is complete. A rerun with other input videos or another config stops with an error instead
-of mixing two datasets (use a new output folder). Every skipped item (file, clip, video) is listed
-in the manifest with its reason, frame-level drops are counted per video.
+Resuming: a shard is done when its record file exists (written under a unique .tmp name, then renamed
+without replacing a finished file), so a crash loses only the shards in progress; a rerun, with either
+runner, processes only the missing shards and never rewrites a file that is complete. A rerun with other
+input videos or another config stops with an error instead of mixing two datasets (use a new output
+folder). Every skipped item (file, clip, video) is listed in the manifest with its reason, frame-level drops
+are counted per video.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import dataclasses
-import hashlib
-import json
 import logging
 import multiprocessing
 import os
@@ -35,63 +38,28 @@ import sys
 import time
 from typing import Optional
 
-from data_pipelines import media, records
+from data_pipelines import job as job_lib, records
 from data_pipelines.config import Config
+from data_pipelines.job import MANIFEST_FILE, PlanMismatch
 
 log = logging.getLogger('bilayer_jax.preprocess')
 
-PLAN_FILE = 'plan.json'
-MANIFEST_FILE = records.MANIFEST_FILE
-REPORTS_DIR = 'shards'
-FORMAT_VERSION = 'bilayer-faces/1'
+# --runner values: the single-machine process pool, or a Beam runner (beam_runner.py); any other name
+# ending in "Runner" is passed to Beam as it is.
+BEAM_RUNNERS = {'direct': 'DirectRunner', 'prism': 'PrismRunner', 'dataflow': 'DataflowRunner',
+                'flink': 'FlinkRunner', 'spark': 'SparkRunner', 'portable': 'PortableRunner'}
 
 
-class PlanMismatch(RuntimeError):
-  """The output folder was made from other input videos or another config."""
-
-
-def _write_json(path: pathlib.Path, data, replace: bool = False):
-  """Atomic JSON write; refuses to replace an existing file unless `replace`."""
-  if path.exists() and not replace:
-    raise FileExistsError(f'{path} exists; not overwriting')
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-  os.replace(tmp, path)
-
-
-def make_plan(videos, config: Config, layout: str) -> dict:
-  """Deterministic shard plan: per split, consecutive groups of `videos_per_shard` sorted videos."""
-  splits = {}
-  for video in videos:
-    splits.setdefault(video.split, []).append(video)
-  plan = {'format': FORMAT_VERSION, 'layout': layout, 'config': _config_dict(config), 'splits': {}}
-  for split, members in sorted(splits.items()):
-    step = config.videos_per_shard
-    groups = [members[i:i + step] for i in range(0, len(members), step)]
-    plan['splits'][split] = [
-        {'videos': [v.video_id for v in group],
-         'digest': hashlib.sha256('\n'.join(c.name for v in group for c in v.clips).encode()).hexdigest()}
-        for group in groups]
-  return plan
-
-
-def _config_dict(config: Config) -> dict:
-  data = dataclasses.asdict(config)
-  data['test_identities'] = sorted(data['test_identities'])
-  return data
-
-
-def _describe_mismatch(old: dict, new: dict) -> str:
-  for key in sorted(set(old['config']) | set(new['config'])):
-    if old['config'].get(key) != new['config'].get(key):
-      return f'config {key}: {old["config"].get(key)!r} before, {new["config"].get(key)!r} now'
-  if old['layout'] != new['layout']:
-    return f'layout {old["layout"]} before, {new["layout"]} now'
-  ids = lambda p: {v for shards in p['splits'].values() for s in shards for v in s['videos']}
-  added, removed = ids(new) - ids(old), ids(old) - ids(new)
-  if added or removed:
-    return f'{len(added)} videos added (e.g. {sorted(added)[:3]}), {len(removed)} removed (e.g. {sorted(removed)[:3]})'
-  return 'the clips or the split of some videos changed'
+def beam_runner_name(runner: str) -> Optional[str]:
+  """--runner value -> Beam's runner name, None for the pool; a clear error for an unknown name."""
+  if runner == 'pool':
+    return None
+  if runner in BEAM_RUNNERS:
+    return BEAM_RUNNERS[runner]
+  if runner.endswith('Runner'):
+    return runner
+  raise ValueError(f'unknown runner {runner!r}: pool, {", ".join(BEAM_RUNNERS)}, or a Beam runner name '
+                   '(...Runner)')
 
 
 def _check_models(config: Config):
@@ -103,114 +71,39 @@ def _check_models(config: Config):
     segmentation.SelfieSegmenter(config.selfie_model)
 
 
-def _shard_paths(out: pathlib.Path, split: str, index: int, count: int):
-  return out / records.shard_filename(split, index, count), out / REPORTS_DIR / f'{split}-{index:05d}.json'
-
-
-def _write_shard(out, split, index, count, results) -> dict:
-  """All results of one shard (plan order) -> its record file and its report."""
-  record_path, report_path = _shard_paths(out, split, index, count)
-  serialized, videos, skipped = [], [], []
-  for result in results:
-    skipped += result['skipped_clips']
-    if result['skipped']:
-      skipped.append({'item': result['video_id'], 'reason': result['skipped']})
-      continue
-    videos.append({'video_id': result['video_id'], 'person': result['person'], 'offset': len(serialized),
-                   'frames': len(result['frames']), 'counts': result['counts']})
-    serialized += [records.serialize_frame(frame, result['video_id']) for frame in result['frames']]
-  for item in skipped:
-    log.info('skipped %s: %s', item['item'], item['reason'])
-  report = {'split': split, 'shard': index, 'file': record_path.name, 'records': len(serialized),
-            'bytes': sum(len(r) for r in serialized), 'videos': videos, 'skipped': skipped,
-            'counts': {key: sum(r['counts'][key] for r in results) for key in results[0]['counts']}}
-  if report_path.exists():
-    log.warning('replacing %s left by an interrupted run (its shard file was never completed)', report_path)
-  _write_json(report_path, report, replace=True)  # only ever replaces the report of an unfinished shard
-  records.write_shard(record_path, serialized)   # the rename of this file marks the shard as done
-  return report
-
-
-def _finish(out: pathlib.Path, plan: dict, config: Config, scan_skipped: list, input_dir: str) -> dict:
-  """All shards exist: TFDS metadata, then manifest.json (the last file written)."""
-  reports = {split: [json.loads(_shard_paths(out, split, i, len(shards))[1].read_text())
-                     for i in range(len(shards))] for split, shards in plan['splits'].items()}
-  records.write_tfds_metadata(
-      out, config.image_size,
-      {split: [r['records'] for r in rs] for split, rs in reports.items()},
-      {split: sum(r['bytes'] for r in rs) for split, rs in reports.items()},
-      description='Face crops, 68 keypoints and soft masks made by `bilayer-jax preprocess` (see manifest.json).')
-  counts = {'videos_planned': 0, 'videos_written': 0}
-  splits, skipped = {}, list(scan_skipped)
-  for split, rs in reports.items():
-    index = [[v['video_id'], r['shard'], v['offset'], v['frames']] for r in rs for v in r['videos']]
-    splits[split] = {'shards': [r['file'] for r in rs], 'shard_records': [r['records'] for r in rs],
-                     'videos': len(index), 'frames': sum(r['records'] for r in rs),
-                     'persons': len({v['person'] for r in rs for v in r['videos']}), 'index': index}
-    counts['videos_planned'] += sum(len(s['videos']) for s in plan['splits'][split])
-    counts['videos_written'] += len(index)
-    for r in rs:
-      skipped += r['skipped']
-      for key, value in r['counts'].items():  # frames: selected, written, and dropped by reason
-        counts[f'frames_{key}'] = counts.get(f'frames_{key}', 0) + value
-  counts['videos_skipped'] = counts['videos_planned'] - counts['videos_written']
-  counts['items_skipped'] = len(skipped)
-  manifest = {'format': FORMAT_VERSION, 'input_dir': str(input_dir), 'layout': plan['layout'],
-              'config': plan['config'], 'record_format': records.FILE_FORMAT, 'image_size': config.image_size,
-              'counts': counts, 'splits': splits, 'skipped': skipped}
-  _write_json(out / MANIFEST_FILE, manifest)
-  return manifest
-
-
 def preprocess(input_dir, output_dir, config: Config = Config(), num_workers: Optional[int] = None,
-               progress: bool = True) -> dict:
-  """Run (or resume) the job. Returns a summary dict; the full record is OUT/manifest.json."""
-  start = time.time()
-  config.validate()
-  out = pathlib.Path(output_dir)
-  source = pathlib.Path(input_dir).resolve()
-  if out.resolve() == source or source in out.resolve().parents:
-    raise ValueError(f'the output folder {out} must not lie inside the input folder {input_dir}')
-  layout, videos, scan_skipped = media.scan(input_dir, config.test_fraction, config.test_identities)
-  if not videos:
-    raise ValueError(f'no videos found in {input_dir} (expected PERSON/VIDEO/CLIP.mp4, frame folders, '
-                     'or the authors\' imgs/keypoints/segs layout)')
-  if config.segmenter == 'user' and layout == 'authors':
-    raise ValueError("segmenter 'user' reads frame-aligned masks; the authors' layout brings its own in segs/")
-  plan = make_plan(videos, config, layout)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / REPORTS_DIR).mkdir(exist_ok=True)
-  plan_path = out / PLAN_FILE
-  if plan_path.exists():
-    old = json.loads(plan_path.read_text())
-    if old != plan:
-      raise PlanMismatch(f'{out} was made from other input or settings ({_describe_mismatch(old, plan)}); '
-                         'use a new output folder')
-  else:
-    if any(out.glob(f'{records.DATASET_NAME}-*')) or (out / MANIFEST_FILE).exists():
-      raise PlanMismatch(f'{out} holds data without a {PLAN_FILE}; use a new output folder')
-    _write_json(plan_path, plan)
-  for stale in (list(out.glob(f'{records.DATASET_NAME}-*.tmp')) + list(out.glob('*.json.tmp'))
-                + list((out / REPORTS_DIR).glob('*.json.tmp'))):
-    stale.unlink()  # our own partial files from an interrupted run
+               progress: bool = True, runner: str = 'pool', beam_options=()) -> dict:
+  """Run (or resume) the job. Returns a summary dict; the full record is OUT/manifest.json.
 
-  by_id = {(v.split, v.video_id): v for v in videos}
-  todo = {}
-  for split, shards in plan['splits'].items():
-    for index, shard in enumerate(shards):
-      if not _shard_paths(out, split, index, len(shards))[0].exists():
-        todo[(split, index)] = [by_id[(split, vid)] for vid in shard['videos']]
+  runner: 'pool' (processes on this machine, `num_workers` of them) or a Beam runner (see BEAM_RUNNERS),
+  with `beam_options` (Beam's command-line pipeline options, e.g. ['--num_workers=64']).
+  """
+  start = time.time()
+  beam_name = beam_runner_name(runner)
+  if beam_name and num_workers is not None:
+    raise ValueError('--workers sets the pool\'s processes; a Beam runner takes its own options '
+                     '(e.g. --beam-option=--direct_num_workers=2 --beam-option=--direct_running_mode=multi_processing)')
+  if beam_name:
+    from data_pipelines import beam_runner  # needs the [beam] extra: a clear ImportError without it
+
+    beam_pipeline_options = beam_runner.pipeline_options(beam_name, list(beam_options))  # checked before any work
+  job = job_lib.prepare(input_dir, output_dir, config)
+  out, plan = job.out, job.plan
   num_videos = sum(len(s['videos']) for shards in plan['splits'].values() for s in shards)
-  num_todo = sum(len(v) for v in todo.values())
-  summary = {'output_dir': str(out), 'videos': num_videos, 'videos_done_before': num_videos - num_todo,
-             'videos_processed': num_todo, 'shards_written': 0, 'videos_written': 0, 'videos_skipped': 0,
-             'frames_written': 0}
-  if todo:
+  num_todo = sum(len(v) for v in job.todo.values())
+  summary = {'output_dir': str(out), 'runner': runner, 'videos': num_videos,
+             'videos_done_before': num_videos - num_todo, 'videos_processed': num_todo, 'shards_written': 0,
+             'videos_written': 0, 'videos_skipped': 0, 'frames_written': 0}
+  if job.todo:
     _check_models(config)
-    summary.update(_run(out, plan, config, todo, num_workers, progress))
+    if beam_name:
+      summary.update(beam_runner.run(job, beam_pipeline_options, progress))
+    else:
+      summary.update(_run(job, num_workers, progress))
+    job_lib.remove_temporaries(out)  # a failed attempt's files (a Beam worker lost mid-write)
   manifest_path = out / MANIFEST_FILE
   if not manifest_path.exists():
-    manifest = _finish(out, plan, config, scan_skipped, input_dir)
+    manifest = job_lib.finish(out, plan, config, job.scan_skipped, job.input_dir)
     summary['manifest_written'] = True
   else:
     manifest = records.read_manifest(out)
@@ -223,10 +116,11 @@ def preprocess(input_dir, output_dir, config: Config = Config(), num_workers: Op
   return summary
 
 
-def _run(out, plan, config, todo: dict, num_workers, progress) -> dict:
+def _run(job: job_lib.Job, num_workers, progress) -> dict:
+  todo = job.todo
   tasks = [(key, pos, video) for key, members in todo.items() for pos, video in enumerate(members)]
   pending = {key: [None] * len(members) for key, members in todo.items()}
-  stats = {'shards_written': 0, 'videos_written': 0, 'videos_skipped': 0, 'frames_written': 0}
+  stats = dict.fromkeys(('shards_written', 'videos_written', 'videos_skipped', 'frames_written'), 0)
   bar = _progress_bar(len(tasks), progress)
 
   def collect(key, position, result):
@@ -234,11 +128,9 @@ def _run(out, plan, config, todo: dict, num_workers, progress) -> dict:
     pending[key][position] = result
     if all(r is not None for r in pending[key]):
       split, index = key
-      report = _write_shard(out, split, index, len(plan['splits'][split]), pending.pop(key))
-      stats['shards_written'] += 1
-      stats['videos_written'] += len(report['videos'])
-      stats['videos_skipped'] += len(todo[key]) - len(report['videos'])
-      stats['frames_written'] += report['records']
+      report = job_lib.write_shard(job.out, split, index, job.shard_count(split), pending.pop(key))
+      for name, value in job_lib.shard_stats(report, len(todo[key])).items():
+        stats[name] += value
       bar.set_postfix(frames=stats['frames_written'], skipped=stats['videos_skipped'], refresh=False)
 
   from data_pipelines import extract  # heavy (OpenCV, PIL, the faces package): only when there is work
@@ -246,11 +138,11 @@ def _run(out, plan, config, todo: dict, num_workers, progress) -> dict:
   try:
     workers = os.cpu_count() if num_workers is None else num_workers
     if workers == 0:  # in this process: simplest to debug
-      extract.init_worker(config)
+      extract.init_worker(job.config)
       for task in tasks:
         collect(*extract.run_in_worker(task))
     else:
-      _run_pool(tasks, config, workers, collect)
+      _run_pool(tasks, job.config, workers, collect)
   finally:
     bar.close()
   return stats
@@ -296,6 +188,8 @@ def format_summary(summary: dict) -> str:
                       if k.startswith('frames_') and k not in ('frames_written', 'frames_selected') and v)
   lines.append(f"  videos skipped {total['videos_skipped']}, items skipped {total['items_skipped']} "
                f"(see manifest.json); frames dropped: {dropped or 'none'}")
+  if summary.get('beam_metrics'):
+    lines.append('  Beam metrics (this run): ' + ', '.join(f'{k} {v}' for k, v in summary['beam_metrics'].items()))
   return '\n'.join(lines)
 
 
@@ -321,9 +215,28 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
                       help='share of identities put in the test split (without train/ test/ folders)')
   parser.add_argument('--test-identities', nargs='*', default=[], help='persons always in the test split')
   parser.add_argument('--videos-per-shard', type=int, default=d.videos_per_shard)
-  parser.add_argument('--workers', type=int, default=None, help='processes (default: all cores; 0: in-process)')
+  parser.add_argument('--workers', type=int, default=None,
+                      help='pool runner: processes (default: all cores; 0: in-process)')
+  parser.add_argument('--runner', default='pool',
+                      help='pool (default: processes on this machine) or a Beam runner: '
+                      f'{", ".join(BEAM_RUNNERS)} (needs the [beam] extra; see docs/preprocessing.md)')
+  parser.add_argument('--beam-option', action='append', default=[], metavar='--NAME=VALUE',
+                      help='a Beam pipeline option, repeatable, written with "=": --beam-option=--num_workers=64')
+  parser.add_argument('--beam-options-file', default=None, metavar='FILE',
+                      help='Beam pipeline options, as on a command line, one or more a line; # starts a comment')
   parser.add_argument('--no-progress', action='store_true')
   return parser
+
+
+def read_beam_options(path) -> list:
+  """An options file: Beam command-line options, shell-quoted, any number a line; '#' starts a comment."""
+  import shlex
+
+  try:
+    text = pathlib.Path(path).read_text()
+  except OSError as e:
+    raise FileNotFoundError(f'--beam-options-file {path}: {e.strerror}') from None
+  return [word for line in text.splitlines() for word in shlex.split(line, comments=True)]
 
 
 def run_from_args(args) -> int:
@@ -335,7 +248,11 @@ def run_from_args(args) -> int:
                   test_identities=tuple(args.test_identities), videos_per_shard=args.videos_per_shard)
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
   try:
-    summary = preprocess(args.input_dir, args.output_dir, config, args.workers, progress=not args.no_progress)
+    beam_options = (read_beam_options(args.beam_options_file) if args.beam_options_file else []) + args.beam_option
+    if beam_options and args.runner == 'pool':
+      raise ValueError('--beam-option / --beam-options-file need a Beam --runner (direct, dataflow, flink, ...)')
+    summary = preprocess(args.input_dir, args.output_dir, config, args.workers, progress=not args.no_progress,
+                         runner=args.runner, beam_options=beam_options)
   except (ValueError, FileNotFoundError, FileExistsError, ImportError, PlanMismatch) as e:
     print(f'preprocess: {e}', file=sys.stderr)
     return 2

@@ -25,10 +25,10 @@ video's [video_id, shard, first record in the shard, number of frames]. Features
 from __future__ import annotations
 
 import contextlib
-import os
-import pathlib
 
 import numpy as np
+
+from data_pipelines import fs
 
 DATASET_NAME = 'bilayer_faces'
 FILE_FORMAT = 'array_record'
@@ -79,7 +79,9 @@ def serialize_frame(frame: dict, video_id: str) -> bytes:
       'frame': _ints([frame['frame']]),
       'box': _ints(np.asarray(frame['box']).reshape(4)),
   }))
-  return example.SerializeToString()
+  # deterministic: map entries (the features) sorted by name; otherwise their order, and so the bytes of a
+  # shard, depend on the process (string hashing), and a redone or retried shard would differ from the first
+  return example.SerializeToString(deterministic=True)
 
 
 def parse_spec():
@@ -93,22 +95,25 @@ def parse_spec():
   }
 
 
-def write_shard(path, records) -> int:
-  """Write serialized records to an ArrayRecord file atomically (tmp file + rename); never overwrites."""
+def write_shard(path, records) -> bool:
+  """Write serialized records to an ArrayRecord file atomically; never overwrites.
+
+  The file is written under a unique temporary name and then renamed (fs.py), so two attempts at the same
+  shard (a Beam bundle run twice) never share a file and a crash leaves no partial shard under the final
+  name. Returns False when another attempt published the same shard first (this one's file is dropped).
+  """
   from array_record.python import array_record_module
 
-  path = pathlib.Path(path)
-  if path.exists():
+  if fs.path(path).exists():
     raise FileExistsError(f'{path} exists; not overwriting')
-  tmp = path.with_name(path.name + '.tmp')
-  writer = array_record_module.ArrayRecordWriter(str(tmp), WRITER_OPTIONS)
-  count = 0
-  for record in records:
-    writer.write(record)
-    count += 1
-  writer.close()
-  os.replace(tmp, path)
-  return count
+
+  def write(local_name):
+    writer = array_record_module.ArrayRecordWriter(local_name, WRITER_OPTIONS)
+    for record in records:
+      writer.write(record)
+    writer.close()
+
+  return fs.write_through_local(path, write)
 
 
 class ShardCorrupt(ValueError):
@@ -153,7 +158,7 @@ def read_manifest(data_dir) -> dict:
   """DATA_DIR/manifest.json, checked to be one `bilayer-jax preprocess` wrote (a clear error naming it if not)."""
   import json
 
-  path = pathlib.Path(data_dir) / MANIFEST_FILE
+  path = fs.path(data_dir) / MANIFEST_FILE
   if not path.is_file():
     raise FileNotFoundError(f'{path} not found: not a finished `bilayer-jax preprocess` output')
   redo = ('; move it aside and rerun the same `bilayer-jax preprocess` command: it writes the manifest again '

@@ -73,13 +73,20 @@ def gpu_file_report(data: bytes, inputs: list, score, latency_runs: int = 20) ->
 def gpu_runtime_checks(checks: dict, latency_runs: int = 20, gpu_check: str = 'auto', ready=None) -> dict:
   """checks: {file name: (bytes, inputs, score)} (see gpu_file_report). A file is `gpu_ready` only when the
   runtime accelerated all of it in FP16 at >= GPU_MIN_PSNR_DB (or when ready(entry) says so, for files whose
-  accuracy has more than one measure). Without a GPU adapter: {'available': False, 'reason': ...}, or
+  accuracy has more than one measure). A file the runtime fails to run is reported with `run_failed` (its
+  message) and is not GPU-ready. Without a GPU adapter: {'available': False, 'reason': ...}, or
   GpuUnavailable when gpu_check='require'."""
   if gpu_check == 'off':
     return dict(available=False, reason='not run (gpu_check=off)')
   report = {}
   for name, (data, inputs, score) in checks.items():
-    entry = gpu_file_report(data, inputs, score, latency_runs)
+    try:
+      entry = gpu_file_report(data, inputs, score, latency_runs)
+    except RuntimeError as e:  # the runtime took the graph but failed running it: not GPU-ready, said why
+      log.warning('%s failed on the GPU accelerator: %s', name, e)
+      report[name] = dict(run_failed=str(e), gpu_ready=False,
+                          fp16=dict(fully_accelerated=False, cpu_ops=[f'run failed: {e}'], partition=None))
+      continue
     if entry.get('available') is False:
       if gpu_check == 'require':
         raise GpuUnavailable(f'LiteRT GPU accelerator unavailable ({entry["reason"]}); {litert_gpu.VULKAN_HINT}')

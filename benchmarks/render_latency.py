@@ -182,27 +182,36 @@ def machine() -> str:
   return f'{name}, {os.cpu_count()} logical CPUs'
 
 
+def parse_common(p, argv, workers: dict):
+  """The arguments every latency benchmark shares (reference, seed, the hidden worker ones), parsed; in a
+  worker process the worker runs and prints its JSON line here (then a.worker is set)."""
+  p.add_argument('--reference', default=os.environ.get('BILAYER_REFERENCE'),
+                 help="the authors' checkout (bilayer-model); default $BILAYER_REFERENCE; omit to skip it")
+  p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--worker', choices=sorted(workers), help=argparse.SUPPRESS)
+  p.add_argument('--work', help=argparse.SUPPRESS)
+  p.add_argument('--threads', type=int, default=1, help=argparse.SUPPRESS)
+  p.add_argument('--extra', default='{}', help=argparse.SUPPRESS)
+  a = p.parse_args(argv)
+  if a.worker:
+    print(json.dumps(workers[a.worker](pathlib.Path(a.work), a.threads, a.runs, **json.loads(a.extra))))
+    return a
+  if a.runs < 1 or a.rounds < 1:
+    raise SystemExit('--runs and --rounds must be positive')
+  if a.reference and not (pathlib.Path(a.reference) / 'networks' / 'inference_generator.py').is_file():
+    raise SystemExit(f'--reference {a.reference} is not a bilayer-model checkout (networks/ is missing)')
+  return a
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--config', default='paper', help='model size: paper, small or tiny')
   p.add_argument('--runs', type=int, default=50, help='timed calls per measurement (median)')
   p.add_argument('--rounds', type=int, default=3,
                  help='interleaved repetitions of every measurement; the table shows the best round')
-  p.add_argument('--reference', default=os.environ.get('BILAYER_REFERENCE'),
-                 help="the authors' checkout (bilayer-model); default $BILAYER_REFERENCE; omit to skip it")
-  p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--worker', choices=sorted(WORKERS), help=argparse.SUPPRESS)
-  p.add_argument('--work', help=argparse.SUPPRESS)
-  p.add_argument('--threads', type=int, default=1, help=argparse.SUPPRESS)
-  p.add_argument('--extra', default='{}', help=argparse.SUPPRESS)
-  a = p.parse_args(argv)
+  a = parse_common(p, argv, WORKERS)
   if a.worker:
-    print(json.dumps(WORKERS[a.worker](pathlib.Path(a.work), a.threads, a.runs, **json.loads(a.extra))))
     return 0
-  if a.runs < 1 or a.rounds < 1:
-    raise SystemExit('--runs and --rounds must be positive')
-  if a.reference and not (pathlib.Path(a.reference) / 'networks' / 'inference_generator.py').is_file():
-    raise SystemExit(f'--reference {a.reference} is not a bilayer-model checkout (networks/ is missing)')
 
   from bilayer_jax import complexity
 

@@ -3,6 +3,10 @@
 photo -> landmarks -> the authors' crop -> create_avatar (once)
 driver frames -> landmarks (no face: the last pose is reused and counted) -> smoothed over time ->
 crop-normalized keypoints -> render (JAX, or an exported TFLite graph) -> mp4, optionally driver | output.
+
+With --backend tflite and --tflite FOLDER (a two-file export: `bilayer-jax export CHECKPOINT --out FOLDER`)
+the avatar too comes from TFLite: the per-avatar graph runs once on the photo, the per-frame graph per
+frame, and no checkpoint is needed (nothing runs in JAX; the texture enhancer is absent from that path).
 """
 from __future__ import annotations
 
@@ -119,37 +123,50 @@ def driver_keypoints(frames, backend, smoothing: float = 1.0, progress: bool = T
 def animate(model, photo: np.ndarray, frames, out_path, backend, fps: float = 25.0, enhance: bool = True,
             side_by_side: bool = False, smoothing: float = 1.0, render_backend: str = 'jax',
             tflite_path=None, batch_size: int = 8, progress: bool = True, overwrite: bool = False,
-            face: int | None = None) -> Summary:
+            face: int | None = None, tflite_precision: str = 'fp16') -> Summary:
   """Animate `photo` (uint8 RGB) with `frames` (uint8 RGB list); writes an mp4 at out_path.
 
   face: which face of the photo when it has several (0 = the largest, the default); the summary says which.
+  tflite_path: with render_backend 'tflite', a baked per-frame file (exported with --source from this same
+  photo) or a two-file export folder (then model may be None; tflite_precision picks its fp16 or fp32 pair).
   """
   import time
 
   import imageio.v2 as imageio
 
   out_path = check_output(out_path, overwrite)
-  size = model.config.image_size
+  if render_backend not in ('jax', 'tflite'):
+    raise ValueError(f"render backend must be 'jax' or 'tflite', got {render_backend!r}")
+  pair = None
+  if render_backend == 'tflite' and tflite_path and pathlib.Path(tflite_path).is_dir():
+    from bilayer_jax.export import two_file
+    pair = two_file.TwoFileAvatar(tflite_path, tflite_precision)
+  elif model is None:
+    raise ValueError('a checkpoint is needed unless --backend tflite --tflite names a two-file export folder')
+  size = pair.image_size if pair else model.config.image_size
   source = crop_lib.prepare_face(photo, backend, size, face=face)
   if progress:
     print(crop_lib.describe_choice(source, 'photo'), flush=True)
-  if enhance and 'texture_enhancer' not in model.variables:
-    enhance = False
-  avatar = model.create_avatar(source['image'], source['keypoints'], enhance=enhance)
+  if pair:
+    pair_avatar = pair.create_avatar(source['image'], source['keypoints'])
+  else:
+    if enhance and 'texture_enhancer' not in model.variables:
+      enhance = False
+    avatar = model.create_avatar(source['image'], source['keypoints'], enhance=enhance)
   keypoints, boxes, summary = driver_keypoints(frames, backend, smoothing, progress)
   summary.source_faces, summary.source_face = source['faces_found'], source['face_index']
 
-  if render_backend == 'tflite':
+  if pair:
+    render = lambda kp: pair.render(pair_avatar, kp)
+  elif render_backend == 'tflite':
     # An exported graph holds one avatar: it must have been exported from this same photo.
     from bilayer_jax.export.interpreter import TFLiteFrame
     if not tflite_path:
       raise ValueError('--backend tflite needs --tflite PATH (model_fp32.tflite or model_fp16.tflite from export)')
     interpreter = TFLiteFrame(pathlib.Path(tflite_path).read_bytes())
     render = lambda kp: np.stack([interpreter(k.reshape(1, -1))['image'][0] for k in kp])
-  elif render_backend == 'jax':
-    render = lambda kp: np.asarray(model.render(avatar, kp)['image'])
   else:
-    raise ValueError(f"render backend must be 'jax' or 'tflite', got {render_backend!r}")
+    render = lambda kp: np.asarray(model.render(avatar, kp)['image'])
 
   out_path.parent.mkdir(parents=True, exist_ok=True)
   tmp = out_path.with_name(f'.{out_path.stem}.partial{out_path.suffix}')

@@ -6,6 +6,8 @@
   bilayer-jax train --config base_model[:small] --workdir DIR [--config.key=value ...]
   bilayer-jax animate --checkpoint C --source PHOTO --driver VIDEO --out OUT.mp4 [--side-by-side]
   bilayer-jax export CHECKPOINT --source PHOTO --out DIR   FP16/FP32 TFLite graphs of one avatar + report.json
+  bilayer-jax export CHECKPOINT --out DIR                  the two-file export: a per-avatar and a per-frame graph
+                                                           for every avatar (FP16/FP32 of each) + report.json
   bilayer-jax preprocess INPUT_DIR OUTPUT_DIR [...]          raw face videos -> training records
   bilayer-jax evaluate --checkpoint C --data DATASET --out DIR
   bilayer-jax demo --out demo_out                            the quickstart
@@ -97,14 +99,17 @@ def cmd_animate(args) -> int:
   from data_pipelines.faces import landmarks
 
   animate.check_output(args.out, args.overwrite)  # before any loading or decoding
-  model = bilayer_jax.load(args.checkpoint)
+  pair = args.backend == 'tflite' and args.tflite and pathlib.Path(args.tflite).is_dir()
+  if not pair and not args.checkpoint:
+    raise SystemExit('animate: --checkpoint is needed (or --backend tflite --tflite FOLDER of a two-file export)')
+  model = None if pair else bilayer_jax.load(args.checkpoint)  # a two-file export needs no checkpoint
   backend = landmarks.make_backend(args.landmarks)
   photo = animate.read_image(args.source)
   frames, fps = animate.read_video(args.driver, args.max_frames)
   summary = animate.animate(model, photo, frames, args.out, backend, fps=fps, enhance=not args.no_enhance,
                             side_by_side=args.side_by_side, smoothing=args.smoothing,
                             render_backend=args.backend, tflite_path=args.tflite, overwrite=args.overwrite,
-                            face=args.face)
+                            face=args.face, tflite_precision=args.tflite_precision)
   print(animate.format_summary(summary, args.out))
   return 0
 
@@ -131,6 +136,16 @@ def cmd_export(args) -> int:
 
   import bilayer_jax
 
+  if args.source is None:  # the two-file export: one pair of graphs for every avatar
+    from bilayer_jax.export import two_file
+    report = two_file.export_checkpoint_pair(
+        args.checkpoint, args.out, photos=args.check_photo or (), landmarks=args.landmarks, with_mask=args.with_mask,
+        allow_cpu_ops=args.allow_cpu_ops, latency_runs=args.latency_runs, gpu_check=args.gpu_check)
+    print(json.dumps({k: report[k] for k in ('interface', 'accuracy', 'gpu_ready')}, indent=2, default=str)[:3000])
+    print(f'wrote {args.out}')
+    return 0
+  if args.check_photo:
+    raise SystemExit('export: --check-photo is for the two-file export (without --source)')
   tflite.check_output(args.out)  # before any loading or converting
   photo = animate.read_image(args.source)
   size = bilayer_jax.checkpoint.load(args.checkpoint)[0].image_size
@@ -214,12 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(func=cmd_train, takes_overrides=True)
 
   p = add('animate', help='drive a photo with a video')
-  p.add_argument('--checkpoint', required=True)
+  p.add_argument('--checkpoint', default=None, help='checkpoint folder (not needed with --tflite FOLDER)')
   p.add_argument('--source', required=True, help='photo of the person to animate')
   p.add_argument('--driver', required=True, help='driving video')
   p.add_argument('--out', required=True, help='output .mp4')
   p.add_argument('--backend', default='jax', choices=['jax', 'tflite'], help='renderer of the frames')
-  p.add_argument('--tflite', default=None, help='with --backend tflite: an exported model_fp16/fp32.tflite')
+  p.add_argument('--tflite', default=None,
+                 help='with --backend tflite: an exported model_fp16/fp32.tflite (one avatar, exported with --source '
+                      'from this photo), or the folder of a two-file export (any photo; no checkpoint needed)')
+  p.add_argument('--tflite-precision', choices=('fp16', 'fp32'), default='fp16',
+                 help='with --tflite FOLDER: which pair of its files runs')
   p.add_argument('--side-by-side', action='store_true', help='write driver | output')
   p.add_argument('--no-enhance', action='store_true', help='skip the texture enhancer')
   p.add_argument('--landmarks', default='dlib', help='landmark backend: dlib or face-alignment')
@@ -231,10 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--overwrite', action='store_true')
   p.set_defaults(func=cmd_animate)
 
-  p = add('export', help='FP16/FP32 TFLite graphs of one avatar for the phone GPU')
+  p = add('export', help='FP16/FP32 TFLite graphs for the phone GPU: one avatar (--source) or every avatar')
   p.add_argument('checkpoint')
-  p.add_argument('--source', required=True, help='photo whose avatar is baked into the graph')
-  p.add_argument('--out', required=True, help='folder for model_fp16.tflite, model_fp32.tflite, report.json')
+  p.add_argument('--source', default=None,
+                 help='photo whose avatar is baked into one per-frame graph; without it, the two-file export: '
+                      'avatar_fp16/fp32.tflite (photo -> avatar) and frame_fp16/fp32.tflite (avatar + pose -> frame)')
+  p.add_argument('--out', required=True, help='folder for the .tflite files and report.json')
+  p.add_argument('--check-photo', action='append', default=None,
+                 help='(two-file export) a face photo for the accuracy checks; repeatable (default: random inputs)')
   p.add_argument('--face', type=int, default=None,
                  help='which face of the photo to export when it has several: 0 = the largest (default), ...')
   p.add_argument('--with-mask', action='store_true', help='also output the predicted mask')

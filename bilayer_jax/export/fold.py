@@ -81,28 +81,11 @@ def _norm_affine(stats, eps, scale=None, shift=None, adaptive=None):
   return s, offset - _f64(stats['mean']) * s
 
 
-def fold_frame(model, avatar) -> FoldedFrame:
-  """Fold a `Bilayer` model and one of its avatars (a single identity) into a `FoldedFrame`."""
+def fold_keypoints_mlp(model) -> tuple[tuple, tuple]:
+  """(dense, frequencies) of the keypoints MLP (avatar-independent): float32 (kernel, bias) per dense layer,
+  the last one's outputs reordered to (s, s, C) and the first one's rows to the frequency-major encoding."""
   config = model.config
-  if config.inf_norm_layer_type != 'ada_bn':
-    raise ValueError(f'export folds ada_bn norms only (the paper setting); this model has '
-                     f'inf_norm_layer_type={config.inf_norm_layer_type!r}')
-  missing = [n for n in model_lib.FRAME_NETWORKS if n not in model.variables]
-  if missing:
-    raise ValueError(f'the model lacks the per-frame networks {missing}')
-  texture = np.asarray(avatar.texture, np.float32)
-  if texture.ndim != 4 or texture.shape[0] != 1:
-    raise ValueError(f'export takes an avatar of one identity; this one has texture shape {texture.shape} '
-                     '(make it from one photo, or slice a batched avatar)')
-  if texture.shape[1:] != (config.image_size, config.image_size, 3):
-    raise ValueError(f'avatar texture {texture.shape[1:]} does not match the model size {config.image_size}')
-  eps = config.eps
   emb = fold_spectral_norm(model.variables['keypoints_embedder'])['params']
-  gen_vars = fold_spectral_norm(model.variables['inference_generator'])
-  params, stats = gen_vars['params'], gen_vars['batch_stats']
-  adaptive = avatar.inference_params
-
-  # Keypoints MLP: dense layers; the last one's outputs reordered to (s, s, C), the first one's rows below.
   num_dense = len(emb)
   dense = [(_f64(emb[f'dense_{i}']['kernel']), _f64(emb[f'dense_{i}']['bias'])) for i in range(num_dense)]
   size, features = config.inf_input_tensor_size, config.inf_max_channels
@@ -117,6 +100,43 @@ def fold_frame(model, avatar) -> FoldedFrame:
     rows = np.arange(d * n).reshape(d, n).T.reshape(-1)
     kernel, bias = dense[0]
     dense[0] = (kernel[np.concatenate([rows, rows + d * n])], bias)
+  return tuple(_f32(k, b) for k, b in dense), frequencies
+
+
+def stacked_heads(config, params) -> tuple:
+  """The three heads as one 3x3 conv, output channels (uv, rgb[, mask]), float64."""
+  head_names = ['head_uv', 'head_rgb'] + (['head_mask'] if config.inf_pred_segmentation else [])
+  return (np.concatenate([_f64(params[h]['kernel']) for h in head_names], axis=-1),
+          np.concatenate([_f64(params[h]['bias']) for h in head_names], axis=-1))
+
+
+def check_frame_model(model) -> None:
+  """ValueError unless the model has the per-frame networks with the ada_bn norms the export folds."""
+  config = model.config
+  if config.inf_norm_layer_type != 'ada_bn':
+    raise ValueError(f'export folds ada_bn norms only (the paper setting); this model has '
+                     f'inf_norm_layer_type={config.inf_norm_layer_type!r}')
+  missing = [n for n in model_lib.FRAME_NETWORKS if n not in model.variables]
+  if missing:
+    raise ValueError(f'the model lacks the per-frame networks {missing}')
+
+
+def fold_frame(model, avatar) -> FoldedFrame:
+  """Fold a `Bilayer` model and one of its avatars (a single identity) into a `FoldedFrame`."""
+  config = model.config
+  check_frame_model(model)
+  texture = np.asarray(avatar.texture, np.float32)
+  if texture.ndim != 4 or texture.shape[0] != 1:
+    raise ValueError(f'export takes an avatar of one identity; this one has texture shape {texture.shape} '
+                     '(make it from one photo, or slice a batched avatar)')
+  if texture.shape[1:] != (config.image_size, config.image_size, 3):
+    raise ValueError(f'avatar texture {texture.shape[1:]} does not match the model size {config.image_size}')
+  eps = config.eps
+  gen_vars = fold_spectral_norm(model.variables['inference_generator'])
+  params, stats = gen_vars['params'], gen_vars['batch_stats']
+  adaptive = avatar.inference_params
+
+  dense, frequencies = fold_keypoints_mlp(model)
 
   blocks = []
   num_blocks = len([k for k in params if k.startswith('block_')])
@@ -134,13 +154,11 @@ def fold_frame(model, avatar) -> FoldedFrame:
         conv2=_f32(p['conv2']['kernel'], p['conv2']['bias']),
         skip=_f32(skip_kernel[None, None], _f64(ad['skip']['bias'])[0])))
   final_norm = _norm_affine(stats['final_norm']['bn'], eps, adaptive=adaptive['final_norm'])
-  head_names = ['head_uv', 'head_rgb'] + (['head_mask'] if config.inf_pred_segmentation else [])
-  heads = (np.concatenate([_f64(params[h]['kernel']) for h in head_names], axis=-1),
-           np.concatenate([_f64(params[h]['bias']) for h in head_names], axis=-1))
+  heads = stacked_heads(config, params)
   return FoldedFrame(
-      dense=tuple(_f32(k, b) for k, b in dense), blocks=tuple(blocks), frequencies=frequencies,
+      dense=dense, blocks=tuple(blocks), frequencies=frequencies,
       final_norm=_f32(*final_norm), heads=_f32(*heads), texture=jnp.asarray(texture),
-      embed_size=size, predict_mask=bool(config.inf_pred_segmentation), align_corners=bool(config.align_corners))
+      embed_size=config.inf_input_tensor_size, predict_mask=bool(config.inf_pred_segmentation), align_corners=bool(config.align_corners))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -165,21 +183,37 @@ def _upsample(x):
   return jax.image.resize(x, (n, 2 * h, 2 * w, c), method='nearest')
 
 
+def pose_embedding(dense, frequencies, embed_size: int, poses):
+  """The keypoints MLP over folded arrays: poses (N, 2K) -> (N, s, s, C) NHWC."""
+  h = poses
+  if frequencies:
+    angles = jnp.concatenate([h * jnp.asarray(f, h.dtype) for f in frequencies], axis=-1)
+    h = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+  for i, (kernel, bias) in enumerate(dense):
+    if i:
+      h = _leaky_relu(h)
+    h = h @ kernel + bias
+  return h.reshape(h.shape[0], embed_size, embed_size, -1)
+
+
+def head_outputs(h, heads, with_mask: bool, predict_mask: bool) -> dict:
+  """The stacked head conv on the final features: delta_uv, low_freq (after tanh)[, mask_logits]."""
+  kernel, bias = heads
+  if not with_mask and predict_mask:
+    kernel, bias = kernel[..., :5], bias[:5]  # the mask head is the last output channel
+  out = _conv(h, kernel, bias)
+  result = dict(delta_uv=jnp.tanh(out[..., 0:2]), low_freq=jnp.tanh(out[..., 2:5]))
+  if with_mask:
+    result['mask_logits'] = out[..., 5:6]
+  return result
+
+
 def trunk(folded: FoldedFrame, poses: jax.Array, with_mask: bool = True) -> dict:
   """poses: (N, 2K) interleaved keypoints in [-1, 1]. Returns delta_uv (N, H, W, 2) and low_freq
   (N, H, W, 3), both after tanh, and mask_logits (N, H, W, 1) when with_mask (needs the mask head)."""
   if with_mask and not folded.predict_mask:
     raise ValueError('this model has no segmentation head (inf_pred_segmentation=False)')
-  h = poses
-  if folded.frequencies:
-    angles = jnp.concatenate([h * jnp.asarray(f, h.dtype) for f in folded.frequencies], axis=-1)
-    h = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
-  for i, (kernel, bias) in enumerate(folded.dense):
-    if i:
-      h = _leaky_relu(h)
-    h = h @ kernel + bias
-  s = folded.embed_size
-  h = h.reshape(h.shape[0], s, s, -1)
+  h = pose_embedding(folded.dense, folded.frequencies, folded.embed_size, poses)
   for block in folded.blocks:
     x = h
     scale, shift = block['norm1']
@@ -189,14 +223,7 @@ def trunk(folded: FoldedFrame, poses: jax.Array, with_mask: bool = True) -> dict
     h = h + _upsample(_conv(x, *block['skip']))
   scale, shift = folded.final_norm
   h = _leaky_relu(h * scale + shift)
-  kernel, bias = folded.heads
-  if not with_mask and folded.predict_mask:
-    kernel, bias = kernel[..., :5], bias[:5]  # the mask head is the last output channel
-  out = _conv(h, kernel, bias)
-  result = dict(delta_uv=jnp.tanh(out[..., 0:2]), low_freq=jnp.tanh(out[..., 2:5]))
-  if with_mask:
-    result['mask_logits'] = out[..., 5:6]
-  return result
+  return head_outputs(h, folded.heads, with_mask, folded.predict_mask)
 
 
 def render(folded: FoldedFrame, poses: jax.Array, with_mask: bool = True) -> dict:

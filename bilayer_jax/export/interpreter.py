@@ -1,5 +1,6 @@
 """Running .tflite files on this machine: the interpreter (LiteRT, tflite-runtime or TensorFlow's), one frame
-per call, and latency (export, step 3; animate --backend tflite uses it too)."""
+per call (TFLiteFrame: a baked avatar; TFLiteGraph: any named inputs, the two-file export's graphs), and
+latency (export, step 3; animate --backend tflite uses it too)."""
 from __future__ import annotations
 
 import importlib
@@ -52,15 +53,46 @@ class TFLiteFrame:
     return {name: self.interpreter.get_tensor(index).copy() for name, index in self._outputs.items()}
 
 
+class TFLiteGraph:
+  """A converted graph with any number of named inputs (the two-file export's graphs):
+  __call__({name: array}) -> [output arrays] in the file's output order."""
+
+  def __init__(self, model: bytes, num_threads: int = 1):
+    self.backend, interpreter_class = interpreter_backend()
+    self.interpreter = interpreter_class(model_content=model, num_threads=num_threads)
+    self.interpreter.allocate_tensors()
+    self.inputs = {d['name']: d for d in self.interpreter.get_input_details()}
+    self.outputs = self.interpreter.get_output_details()
+
+  @property
+  def input_names(self) -> list[str]:
+    return list(self.inputs)
+
+  def set_inputs(self, arrays: dict):
+    missing = set(self.inputs) - set(arrays)
+    if missing:
+      raise ValueError(f'missing inputs {sorted(missing)}; this graph takes {self.input_names}')
+    for name, detail in self.inputs.items():
+      array = np.asarray(arrays[name], np.float32)
+      if array.shape != tuple(detail['shape']):
+        raise ValueError(f'input {name} must have shape {tuple(int(n) for n in detail["shape"])}, got {array.shape}')
+      self.interpreter.set_tensor(detail['index'], array)
+
+  def __call__(self, arrays: dict) -> list:
+    self.set_inputs(arrays)
+    self.interpreter.invoke()
+    return [self.interpreter.get_tensor(d['index']).copy() for d in self.outputs]
+
+
 def latency_ms(model: bytes, num_threads: int, runs: int, warmup: int = 3) -> float:
-  """Median wall time of one invoke, in milliseconds (fixed input; interpreter with num_threads)."""
-  frame = TFLiteFrame(model, num_threads)
-  frame.set_input(np.zeros((1, frame.interpreter.get_input_details()[0]['shape'][-1]), np.float32))
+  """Median wall time of one invoke, in milliseconds (zero inputs; interpreter with num_threads)."""
+  graph = TFLiteGraph(model, num_threads)
+  graph.set_inputs({name: np.zeros(d['shape'], np.float32) for name, d in graph.inputs.items()})
   for _ in range(warmup):
-    frame.invoke()
+    graph.interpreter.invoke()
   times = []
   for _ in range(runs):
     start = time.perf_counter()
-    frame.invoke()
+    graph.interpreter.invoke()
     times.append(time.perf_counter() - start)
   return 1e3 * statistics.median(times)

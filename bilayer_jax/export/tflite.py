@@ -62,37 +62,60 @@ def _split_outputs(arrays) -> dict:
   return {{3: 'image', 1: 'mask'}[int(a.shape[-1])]: a for a in arrays}
 
 
-def gpu_runtime_report(files: dict, keypoints, reference_images, latency_runs: int = GPU_LATENCY_RUNS,
-                       gpu_check: str = 'auto') -> dict:
-  """Every file on LiteRT's GPU accelerator in FP16 arithmetic and with enforce_f32: fully accelerated or
-  which ops fell back (the runtime's own lines), PSNR against the JAX render, latency (software GPU).
-  A file is `gpu_ready` only when the runtime accelerated all of it in FP16 at >= GPU_MIN_PSNR_DB.
-  Without a GPU adapter: {'available': False, 'reason': ...}, or GpuUnavailable when gpu_check='require'."""
+def gpu_file_report(data: bytes, inputs: list, score, latency_runs: int = GPU_LATENCY_RUNS) -> dict:
+  """One file on LiteRT's GPU accelerator in FP16 arithmetic and with enforce_f32. inputs: per call the
+  arrays of every input in the file's order; score(outputs per call) -> errors with psnr_db_min (against
+  JAX). Returns {'adapter', 'fp16': {...}, 'fp32': {...}}, or {'available': False, 'reason'} without an adapter."""
+  runs = litert_gpu.run_model(data, inputs, latency_runs=latency_runs)
+  if not all(run.available for run in runs.values()):
+    return dict(available=False, reason=next(run.reason for run in runs.values() if not run.available))
+  entry = dict(adapter=runs['fp16'].adapter)
+  for precision, run in runs.items():
+    # Compiled but not run (run_error): the delegation verdict stands, there is nothing to score.
+    errors = score(run.outputs) if run.outputs is not None else dict(psnr_db_min=None, run_error=run.run_error)
+    entry[precision] = dict(fully_accelerated=run.fully_accelerated, cpu_ops=run.cpu_ops, partition=run.partition,
+                            latency_ms=run.latency_ms, **errors)
+  return entry
+
+
+def gpu_runtime_checks(checks: dict, latency_runs: int = GPU_LATENCY_RUNS, gpu_check: str = 'auto', ready=None) -> dict:
+  """checks: {file name: (bytes, inputs, score)} (see gpu_file_report). A file is `gpu_ready` only when the
+  runtime accelerated all of it in FP16 at >= GPU_MIN_PSNR_DB (or when ready(entry) says so, for files whose
+  accuracy has more than one measure). A file the runtime fails to run is reported with `run_failed` (its
+  message) and is not GPU-ready. Without a GPU adapter: {'available': False, 'reason': ...}, or
+  GpuUnavailable when gpu_check='require'."""
   if gpu_check == 'off':
     return dict(available=False, reason='not run (gpu_check=off)')
   report = {}
-  inputs = [[np.asarray(k, np.float32).reshape(1, -1)] for k in keypoints]
-  for name, data in files.items():
-    runs = litert_gpu.run_model(data, inputs, latency_runs=latency_runs)
-    if not all(run.available for run in runs.values()):
-      reason = next(run.reason for run in runs.values() if not run.available)
+  for name, (data, inputs, score) in checks.items():
+    try:
+      entry = gpu_file_report(data, inputs, score, latency_runs)
+    except RuntimeError as e:  # the runtime took the graph but failed running it: not GPU-ready, said why
+      log.warning('%s failed on the GPU accelerator: %s', name, e)
+      report[name] = dict(run_failed=str(e), gpu_ready=False,
+                          fp16=dict(fully_accelerated=False, cpu_ops=[f'run failed: {e}'], partition=None))
+      continue
+    if entry.get('available') is False:
       if gpu_check == 'require':
-        raise GpuUnavailable(f'LiteRT GPU accelerator unavailable ({reason}); {litert_gpu.VULKAN_HINT}')
-      log.warning('GPU accelerator check skipped: %s. %s', reason, litert_gpu.VULKAN_HINT)
-      return dict(available=False, reason=reason)
-    entry = dict(adapter=runs['fp16'].adapter)
-    for precision, run in runs.items():
-      errors = dict(max_abs_image=None, psnr_db_min=None, psnr_db_mean=None, run_error=run.run_error)
-      if run.outputs is not None:
-        images = np.stack([_split_outputs(outputs)['image'][0] for outputs in run.outputs])
-        errors.update(accuracy_lib.image_errors(images, reference_images))
-      entry[precision] = dict(fully_accelerated=run.fully_accelerated, cpu_ops=run.cpu_ops,
-                              partition=run.partition, latency_ms=run.latency_ms, **errors)
+        raise GpuUnavailable(f'LiteRT GPU accelerator unavailable ({entry["reason"]}); {litert_gpu.VULKAN_HINT}')
+      log.warning('GPU accelerator check skipped: %s. %s', entry['reason'], litert_gpu.VULKAN_HINT)
+      return entry
     fp16 = entry['fp16']
-    entry['gpu_ready'] = bool(fp16['fully_accelerated'] and fp16['psnr_db_min'] is not None
-                              and fp16['psnr_db_min'] >= GPU_MIN_PSNR_DB)
+    entry['gpu_ready'] = bool(fp16['fully_accelerated'] and fp16.get('psnr_db_min') is not None and (
+        ready(entry) if ready else fp16['psnr_db_min'] >= GPU_MIN_PSNR_DB))
     report[name] = entry
   return dict(available=True, files=report)
+
+
+def gpu_runtime_report(files: dict, keypoints, reference_images, latency_runs: int = GPU_LATENCY_RUNS,
+                       gpu_check: str = 'auto') -> dict:
+  """Every per-frame file (input: keypoints) on LiteRT's GPU accelerator in FP16 arithmetic and with
+  enforce_f32: fully accelerated or which ops fell back (the runtime's own lines), PSNR against the JAX
+  render, latency (software GPU); see gpu_runtime_checks."""
+  inputs = [[np.asarray(k, np.float32).reshape(1, -1)] for k in keypoints]
+  score = lambda outputs: accuracy_lib.image_errors(
+      np.stack([_split_outputs(out)['image'][0] for out in outputs]), reference_images)
+  return gpu_runtime_checks({name: (data, inputs, score) for name, data in files.items()}, latency_runs, gpu_check)
 
 
 def _random_keypoints(num: int, seed: int, num_keypoints: int) -> np.ndarray:

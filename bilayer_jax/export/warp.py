@@ -17,6 +17,10 @@ one core of this CPU a 256x256 frame takes about 10 ms longer than with the plai
 ('taps', exact in float32; benchmarks/render_latency.py). So model_fp16.tflite (for a GPU in FP16)
 uses 'patches' and model_fp32.tflite (CPU, or a GPU without precision loss) uses 'taps'; both are
 switches.
+
+The texture is a constant (numpy: one avatar baked in) or a graph input (a TF tensor: frame_graph.py,
+one graph for every avatar). A runtime texture's patch table is built in the graph by one GATHER with
+constant int32 indices (`patch_indices`): a copy, exact in FP16 too.
 """
 from __future__ import annotations
 
@@ -63,6 +67,36 @@ def patch_table(texture: np.ndarray, r: int, s: int) -> np.ndarray:
   return np.ascontiguousarray(patches.transpose(0, 1, 4, 2, 3).reshape((h // r) * (w // s), -1))
 
 
+def patch_indices(height: int, width: int, channels: int, r: int, s: int) -> np.ndarray:
+  """int32 indices (blocks, C * (R+1) * (S+1)) such that patch_table(texture) equals
+  concat([0], texture channel-major flat)[indices]: index 0 is the zero beyond the texture."""
+  flat = 1 + np.arange(height * width * channels, dtype=np.float64).reshape(channels, height, width)
+  return patch_table(flat.transpose(1, 2, 0), r, s).astype(np.int32)
+
+
+def _tf_patch_table(texture, r: int, s: int, dtype):
+  """The patch table of a constant (numpy) or runtime (TF tensor) (H, W, C) texture."""
+  import tensorflow as tf
+
+  if isinstance(texture, np.ndarray):
+    return tf.constant(patch_table(np.asarray(texture, np.float32), r, s), dtype)
+  h, w, c = (int(n) for n in texture.shape)
+  source = tf.concat([tf.zeros((1, 1), texture.dtype),
+                      tf.reshape(tf.transpose(texture, [2, 0, 1]), (h * w * c, 1))], axis=0)
+  indices = patch_indices(h, w, c, r, s)
+  table = tf.gather(source, tf.constant(indices.reshape(-1)))
+  return tf.cast(tf.reshape(table, indices.shape), dtype)  # no op when the dtypes agree
+
+
+def _tf_flat_texture(texture, dtype):
+  import tensorflow as tf
+
+  h, w, c = (int(n) for n in texture.shape)
+  if isinstance(texture, np.ndarray):
+    return tf.constant(np.asarray(texture, np.float32).reshape(h * w, c), dtype)
+  return tf.reshape(texture, (h * w, c))
+
+
 def _conv1x1(x, kernel):
   import tensorflow as tf
   return tf.nn.conv2d(x, tf.constant(kernel[None, None], x.dtype), 1, 'VALID')
@@ -73,7 +107,8 @@ WARPS = ('patches', 'taps')
 
 def tf_warp(texture: np.ndarray, delta_uv, align_corners: bool = False, method: str = 'patches',
             max_blocks: int = MAX_EXACT_INDEX):
-  """Bilinear sampling with zero padding of a constant (H, W, C) texture at identity grid + delta_uv.
+  """Bilinear sampling with zero padding of an (H, W, C) texture (numpy constant or TF tensor) at identity
+  grid + delta_uv.
 
   delta_uv: (1, H, W, 2) TF tensor (x, y), float32 or float16. Only float tensors until a CAST of the
   indices into GATHER. method 'patches': exact in FP16 arithmetic (block indices < max_blocks; see the
@@ -82,7 +117,7 @@ def tf_warp(texture: np.ndarray, delta_uv, align_corners: bool = False, method: 
   """
   import tensorflow as tf
 
-  h, w, channels = texture.shape
+  h, w, channels = (int(n) for n in texture.shape)
   if h != w or tuple(delta_uv.shape[1:3]) != (h, w):
     raise ValueError(f'expected a square texture and delta_uv of its size, got {texture.shape}, {delta_uv.shape}')
   if method not in WARPS:
@@ -117,7 +152,7 @@ def tf_warp(texture: np.ndarray, delta_uv, align_corners: bool = False, method: 
     weights = tf.tile(weights, [1, 1, 1, channels])
   index = block[..., 1:2] * float(w // s) + block[..., 0:1]
   index = tf.cast(tf.reshape(index, [-1]), tf.int32)
-  table = tf.constant(patch_table(np.asarray(texture, np.float32), r, s), dtype)
+  table = _tf_patch_table(texture, r, s, dtype)
   patches = tf.reshape(tf.gather(table, index), (1, h, w, channels * taps))
   total = (np.arange(channels * taps)[:, None] // taps == np.arange(channels)[None]).astype(np.float32)
   return _conv1x1(patches * weights, total)
@@ -127,7 +162,7 @@ def _tap_warp(texture: np.ndarray, corner, frac):
   """The four taps (x0 or x0 + 1, y0 or y0 + 1), each read by a GATHER on the flat texture."""
   import tensorflow as tf
 
-  h, w, channels = texture.shape
+  h, w, channels = (int(n) for n in texture.shape)
   dtype = corner.dtype
   limit = float(h - 1)
 
@@ -137,7 +172,7 @@ def _tap_warp(texture: np.ndarray, corner, frac):
   c1 = corner + 1.0
   a0, a1 = (1.0 - frac) * inside(corner), frac * inside(c1)
   i0, i1 = tf.clip_by_value(corner, 0.0, limit), tf.clip_by_value(c1, 0.0, limit)
-  flat = tf.constant(np.asarray(texture, np.float32).reshape(h * w, channels), dtype)
+  flat = _tf_flat_texture(texture, dtype)
   out = None
   for row, wy in ((i0[..., 1:2] * float(w), a0[..., 1:2]), (i1[..., 1:2] * float(w), a1[..., 1:2])):
     for col, wx in ((i0[..., 0:1], a0[..., 0:1]), (i1[..., 0:1], a1[..., 0:1])):

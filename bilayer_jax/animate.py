@@ -18,7 +18,11 @@ import numpy as np
 from tqdm import tqdm
 
 from data_pipelines.faces import crop as crop_lib
+from bilayer_jax import images as images_lib
 from bilayer_jax.images import to_uint8
+
+# animate.read_image is the name the CLI and users call; it lives in images.py (export uses it too).
+read_image = images_lib.read_image
 
 
 @dataclasses.dataclass
@@ -40,31 +44,6 @@ def check_output(out_path, overwrite: bool = False) -> pathlib.Path:
   if out_path.exists() and not overwrite:
     raise FileExistsError(f'{out_path} exists; choose another name or pass --overwrite')
   return out_path
-
-
-def read_image(path) -> np.ndarray:
-  """A photo file -> uint8 RGB (H, W, 3); a clear error naming the file when it is not an image."""
-  import imageio.v2 as imageio
-  from PIL import Image, ImageOps, UnidentifiedImageError
-
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f'{path}: no such image file')
-  try:  # Pillow reads every still format users have; imageio is only the fallback for the rest
-    with Image.open(path) as opened:  # a phone photo's EXIF orientation applied, as every viewer shows it
-      image = np.asarray(ImageOps.exif_transpose(opened).convert('RGB'))
-  except UnidentifiedImageError:
-    try:
-      image = np.asarray(imageio.imread(path))
-    except Exception as e:  # imageio's message for an unknown format is a plugin-install hint
-      head = path.read_bytes()[:16]
-      raise ValueError(f'{path} is not an image file Pillow or imageio can read (it starts with {head!r}); '
-                       'give a JPEG, PNG, WebP or other still image') from e
-  except OSError as e:  # truncated or damaged image data
-    raise ValueError(f'{path} is a damaged image ({e})') from e
-  if image.ndim == 2:
-    image = np.repeat(image[..., None], 3, -1)
-  return np.ascontiguousarray(image[..., :3]).astype(np.uint8)
 
 
 def read_video(path, max_frames: int | None = None):

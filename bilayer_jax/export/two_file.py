@@ -345,14 +345,14 @@ def export_checkpoint_pair(checkpoint_dir, out_dir, photos=(), landmarks: str = 
   model = bilayer_jax.load(checkpoint_dir)
   sources, kind = None, 'random'
   if photos:
-    from bilayer_jax import animate
+    from bilayer_jax.images import read_image
     from data_pipelines.faces import crop as crop_lib
     from data_pipelines.faces import landmarks as landmarks_lib
 
     backend = landmarks_lib.make_backend(landmarks)
     sources = []
     for photo in photos:
-      face = crop_lib.prepare_face(animate.read_image(photo), backend, model.config.image_size)
+      face = crop_lib.prepare_face(read_image(photo), backend, model.config.image_size)
       sources.append((face['image'], face['keypoints'], None))
     kind = f'photos: {", ".join(str(p) for p in photos)}'
   return export_pair(model, out_dir, sources=sources, source_kind=kind, **kwargs)

@@ -8,4 +8,11 @@ the data flows:
   accuracy.py     the files in the interpreter against model.render (and an FP16-arithmetic emulation)
   interpreter.py  running .tflite files: one frame per call, latency (also animate's TFLite renderer)
   tflite.py       the export job: all of the above for one avatar or checkpoint, report.json
+
+The two-file export (one pair of files for every avatar; `bilayer-jax export CHECKPOINT --out DIR`):
+  avatar_graph.py the per-avatar graph: image, stickman, mask -> texture, avatar_params (embedder, projectors,
+                  texture generator; no enhancer)
+  frame_graph.py  the per-frame graph with the avatar as runtime inputs: keypoints, texture, avatar_params -> image
+  two_file.py     the job (conversion, CPU and GPU-accelerator checks, report.json) and TwoFileAvatar, which
+                  runs the pair in the interpreter (animate --backend tflite --tflite DIR)
 """

@@ -74,8 +74,14 @@ def _random_inputs(rng, b, n, t, size):
 
 
 def make_reference_run(reference_dir, run_dir, flags: dict, seed: int, epoch: int = 1,
-                       no_spectral_norm=(), warmup_steps: int = 2, num_identities: int = 2, num_targets: int = 2):
-  """Write a reference run folder and return golden eval outputs (a dict of NHWC numpy arrays)."""
+                       no_spectral_norm=(), warmup_steps: int = 2, num_identities: int = 2, num_targets: int = 2,
+                       bn_momentum: float | None = None):
+  """Write a reference run folder and return golden eval outputs (a dict of NHWC numpy arrays).
+
+  bn_momentum: None keeps PyTorch's 0.1, so the running statistics stay near their init (mean 0, var 1);
+  1.0 is what the authors' runner sets for training (its --bn_momentum default): the statistics are then
+  the last warm-up batch's, as in their checkpoints, and a deep layer's variance can be far from 1.
+  """
   import torch
 
   run_dir = pathlib.Path(run_dir)
@@ -90,6 +96,10 @@ def make_reference_run(reference_dir, run_dir, flags: dict, seed: int, epoch: in
     for name, net in nets.items():
       if name not in no_spectral_norm:
         net.apply(lambda m: rn_utils.spectral_norm(m, apply_to=['conv2d', 'linear'], eps=args.eps))
+      if bn_momentum is not None:
+        for module in net.modules():
+          if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = bn_momentum
     size = args.image_size
 
     def to_torch(d):

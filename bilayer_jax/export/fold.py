@@ -183,52 +183,62 @@ def _upsample(x):
   return jax.image.resize(x, (n, 2 * h, 2 * w, c), method='nearest')
 
 
-def pose_embedding(dense, frequencies, embed_size: int, poses):
+def _no_tap(name, x):
+  return x
+
+
+def pose_embedding(dense, frequencies, embed_size: int, poses, tap=_no_tap):
   """The keypoints MLP over folded arrays: poses (N, 2K) -> (N, s, s, C) NHWC."""
-  h = poses
+  h = tap('input', poses)
   if frequencies:
-    angles = jnp.concatenate([h * jnp.asarray(f, h.dtype) for f in frequencies], axis=-1)
-    h = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+    angles = tap('angles', jnp.concatenate([h * jnp.asarray(f, h.dtype) for f in frequencies], axis=-1))
+    h = tap('harmonics', jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1))
   for i, (kernel, bias) in enumerate(dense):
     if i:
       h = _leaky_relu(h)
-    h = h @ kernel + bias
+    h = tap(f'dense{i}', h @ kernel + bias)
   return h.reshape(h.shape[0], embed_size, embed_size, -1)
 
 
-def head_outputs(h, heads, with_mask: bool, predict_mask: bool) -> dict:
+def head_outputs(h, heads, with_mask: bool, predict_mask: bool, tap=_no_tap) -> dict:
   """The stacked head conv on the final features: delta_uv, low_freq (after tanh)[, mask_logits]."""
   kernel, bias = heads
   if not with_mask and predict_mask:
     kernel, bias = kernel[..., :5], bias[:5]  # the mask head is the last output channel
-  out = _conv(h, kernel, bias)
-  result = dict(delta_uv=jnp.tanh(out[..., 0:2]), low_freq=jnp.tanh(out[..., 2:5]))
+  out = tap('heads', _conv(h, kernel, bias))
+  result = dict(delta_uv=tap('delta_uv', jnp.tanh(out[..., 0:2])), low_freq=tap('low_freq', jnp.tanh(out[..., 2:5])))
   if with_mask:
     result['mask_logits'] = out[..., 5:6]
   return result
 
 
-def trunk(folded: FoldedFrame, poses: jax.Array, with_mask: bool = True) -> dict:
+def trunk(folded: FoldedFrame, poses: jax.Array, with_mask: bool = True, tap=None) -> dict:
   """poses: (N, 2K) interleaved keypoints in [-1, 1]. Returns delta_uv (N, H, W, 2) and low_freq
-  (N, H, W, 3), both after tanh, and mask_logits (N, H, W, 1) when with_mask (needs the mask head)."""
+  (N, H, W, 3), both after tanh, and mask_logits (N, H, W, 1) when with_mask (needs the mask head).
+
+  tap(name, x) -> x sees every intermediate tensor ('angles', 'dense0', 'block0.conv1', ...) and returns
+  what the trunk goes on with: tools/fp16_paper.py rounds one of them to float16 at a time to find where
+  FP16 loses. None (the export) leaves the computation as it is.
+  """
   if with_mask and not folded.predict_mask:
     raise ValueError('this model has no segmentation head (inf_pred_segmentation=False)')
-  h = pose_embedding(folded.dense, folded.frequencies, folded.embed_size, poses)
-  for block in folded.blocks:
+  tap = tap or _no_tap
+  h = pose_embedding(folded.dense, folded.frequencies, folded.embed_size, poses, tap)
+  for i, block in enumerate(folded.blocks):
     x = h
     scale, shift = block['norm1']
-    h = _leaky_relu(x * scale + shift)
-    h = _leaky_relu(_conv(h, *block['conv1']))  # conv1 carries norm2
-    h = _conv(_upsample(h), *block['conv2'])
-    h = h + _upsample(_conv(x, *block['skip']))
+    h = tap(f'block{i}.norm1', _leaky_relu(x * scale + shift))
+    h = tap(f'block{i}.conv1', _leaky_relu(_conv(h, *block['conv1'])))  # conv1 carries norm2
+    h = tap(f'block{i}.conv2', _conv(_upsample(h), *block['conv2']))
+    h = tap(f'block{i}.out', h + tap(f'block{i}.skip', _upsample(_conv(x, *block['skip']))))
   scale, shift = folded.final_norm
-  h = _leaky_relu(h * scale + shift)
-  return head_outputs(h, folded.heads, with_mask, folded.predict_mask)
+  h = tap('final_norm', _leaky_relu(h * scale + shift))
+  return head_outputs(h, folded.heads, with_mask, folded.predict_mask, tap)
 
 
-def render(folded: FoldedFrame, poses: jax.Array, with_mask: bool = True) -> dict:
+def render(folded: FoldedFrame, poses: jax.Array, with_mask: bool = True, tap=None) -> dict:
   """The whole frame in JAX: trunk + warp of the texture + add. Returns image (N, H, W, 3) and mask."""
-  out = trunk(folded, poses, with_mask)
+  out = trunk(folded, poses, with_mask, tap)
   grid = identity_grid(folded.image_size, out['delta_uv'].dtype)[None]
   high_freq = sample_texture(folded.texture, grid + out['delta_uv'], folded.align_corners)
   result = dict(image=out['low_freq'] + high_freq)

@@ -147,8 +147,8 @@ def check_output(out_dir) -> pathlib.Path:
 
 def export_avatar(model, avatar, out_dir, with_mask: bool = False, allow_cpu_ops: bool = False,
                   latency_runs: int = 50, keypoints=None, num_poses: int = 8, seed: int = 0,
-                  fp32_tolerance: float = 1e-3, fp32_warp: str = 'taps', fp16_warp: str = 'patches',
-                  gpu_check: str = 'auto') -> dict:
+                  fp32_min_psnr: float = accuracy_lib.FP32_MIN_PSNR_DB, fp32_warp: str = 'taps',
+                  fp16_warp: str = 'patches', gpu_check: str = 'auto') -> dict:
   """Write model_fp32.tflite, model_fp16.tflite and report.json for one avatar into out_dir.
 
   model: a `Bilayer`; avatar: from model.create_avatar (one identity). with_mask: also output the
@@ -160,8 +160,10 @@ def export_avatar(model, avatar, out_dir, with_mask: bool = False, allow_cpu_ops
   the graph breaks the GPU delegate rules, or LiteRT's GPU accelerator leaves any op of it to the CPU,
   unless allow_cpu_ops (then the violations are only reported: those ops would run on the CPU).
   gpu_check: 'auto' runs every file on LiteRT's GPU accelerator when a GPU adapter (any Vulkan driver)
-  exists, 'require' fails without one, 'off' skips it (report['gpu_runtime']; see gpu_runtime_report). Raises RuntimeError when the FP32 file differs from
-  JAX by more than fp32_tolerance (a conversion bug, not a precision matter). Returns the report.
+  exists, 'require' fails without one, 'off' skips it (report['gpu_runtime']; see gpu_runtime_report).
+  Raises RuntimeError when the FP32 file's PSNR against JAX is below fp32_min_psnr dB on any pose, or its
+  mask is off by more than accuracy.FP32_MAX_ABS_MASK (a conversion bug, not a precision matter). Returns
+  the report.
   """
   out_dir = pathlib.Path(out_dir)
   for warp in (fp32_warp, fp16_warp):
@@ -196,9 +198,14 @@ def export_avatar(model, avatar, out_dir, with_mask: bool = False, allow_cpu_ops
   accuracy = accuracy_lib.compare_with_jax(model, avatar, fp32, fp16, keypoints, folded, fp16_warp)
   accuracy['pose_source'] = pose_source
   accuracy['psnr_peak'] = accuracy_lib.PSNR_PEAK
-  if accuracy['fp32']['max_abs_image'] > fp32_tolerance:
-    raise RuntimeError(f'the FP32 TFLite model differs from the JAX render by {accuracy["fp32"]["max_abs_image"]:.3g} '
-                       f'(> {fp32_tolerance}): the conversion is wrong; nothing was written')
+  if not accuracy['fp32']['psnr_db_min'] >= fp32_min_psnr:  # 'not >=': a NaN PSNR is refused too
+    raise RuntimeError(f'the FP32 TFLite model is {accuracy["fp32"]["psnr_db_min"]:.1f} dB from the JAX render on its '
+                       f'worst pose (< {fp32_min_psnr:g} dB; max abs {accuracy["fp32"]["max_abs_image"]:.3g}): '
+                       'the conversion is wrong; nothing was written')
+  if not accuracy['fp32'].get('max_abs_mask', 0.0) <= accuracy_lib.FP32_MAX_ABS_MASK:
+    raise RuntimeError(f'the FP32 TFLite model\'s mask differs from the JAX render by '
+                       f'{accuracy["fp32"]["max_abs_mask"]:.3g} (> {accuracy_lib.FP32_MAX_ABS_MASK:g}): '
+                       'the conversion is wrong; nothing was written')
   # A software GPU takes seconds per paper-size frame: a few poses and timed runs tell what is needed.
   gpu_poses = keypoints[:GPU_POSES]
   reference_images, _ = accuracy_lib.jax_reference(model, avatar, gpu_poses)

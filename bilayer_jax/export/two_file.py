@@ -31,6 +31,7 @@ FILES = ('avatar_fp32.tflite', 'avatar_fp16.tflite', 'frame_fp32.tflite', 'frame
 AVATAR_INPUTS = ('image', 'stickman', 'mask')
 FRAME_INPUTS = ('keypoints', 'texture', 'avatar_params')
 # A conversion bug (swapped channels, a dropped layer) costs far more than this; float32 rounding far less.
+# The same bound as accuracy.FP32_MIN_PSNR_DB (a literal: this module loads without JAX for animate).
 FP32_MIN_PSNR_DB = 60.0
 
 

@@ -160,7 +160,7 @@ def setup(config_size: str, work: pathlib.Path, seed: int) -> dict:
   poses = np.random.default_rng(seed).uniform(-0.8, 0.8, (1, model.config.num_keypoints * 2)).astype(np.float32)
   np.save(work / 'poses.npy', poses)
   start = time.perf_counter()
-  fp32, fp16 = convert.convert(folded, with_mask=True)
+  fp32, fp16, _ = convert.convert(folded, with_mask=True)
   conversion_s = time.perf_counter() - start
   (work / 'model_fp32.tflite').write_bytes(fp32)
   (work / 'model_fp16.tflite').write_bytes(fp16)

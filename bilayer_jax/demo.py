@@ -268,8 +268,11 @@ def gpu_ready_line(export: dict) -> str:
   if not runtime.get('available'):
     return f'LiteRT GPU accelerator: not run ({runtime.get("reason", "no report")})'
   ready = [name for name, entry in runtime['files'].items() if entry['gpu_ready']]
-  return (f'GPU-ready on LiteRT\'s GPU accelerator (all ops accelerated, FP16 arithmetic >= 40 dB): '
+  ready_fp32 = [name for name, entry in runtime['files'].items()
+                if not entry['gpu_ready'] and entry.get('gpu_ready_fp32_arithmetic')]
+  line = (f'GPU-ready on LiteRT\'s GPU accelerator (all ops accelerated, FP16 arithmetic >= 40 dB): '
           f'**{", ".join(ready) or "none"}**')
+  return line + (f'; with float32 arithmetic only: {", ".join(ready_fp32)}' if ready_fp32 else '')
 
 
 def write_report(out: pathlib.Path, result: dict) -> None:

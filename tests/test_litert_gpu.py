@@ -1,5 +1,6 @@
 """LiteRT's GPU accelerator as the judge of a graph (bilayer_jax.export.litert_gpu), and the FP16 file edit
-that its verdict led to (graph_edits.gather_tables_in_float32).
+that its verdict led to (graph_edits.gather_tables_in_float32), and the FP16 file's small constants kept in
+float32 (graph_edits.small_constants_in_float32).
 
 The accelerator tests need a Vulkan driver (`gpu_accelerator` fixture): CI installs lavapipe and fails
 without it; elsewhere they are skipped with what to install.
@@ -59,12 +60,71 @@ def test_gather_table_edit_keeps_the_function_and_passes_the_rules():
   assert changed == 0 and again == edited
 
 
+RNG = np.random.default_rng(2)
+KERNEL = RNG.standard_normal((3, 3, 8, 64)).astype(np.float32)  # 4608 values
+BIAS, SHIFT = RNG.standard_normal((2, 64)).astype(np.float32)
+SCALE = RNG.uniform(0.5, 40.0, 64).astype(np.float32)  # a folded BatchNorm scale can reach 40 at the paper size
+IMAGE = RNG.standard_normal((1, 8, 8, 8)).astype(np.float32)
+
+
+def vector_net(x):
+  # A folded BatchNorm after the activation: its scale and shift stay vectors of their own in the graph.
+  y = tf.nn.leaky_relu(tf.nn.conv2d(x, tf.constant(KERNEL), 1, 'SAME') + tf.constant(BIAS), 0.2)
+  return y * tf.constant(SCALE) + tf.constant(SHIFT)
+
+
+def _convert(fn, fp16: bool) -> bytes:
+  from test_gpu_compat import to_tflite
+  return bytes(to_tflite(fn, (IMAGE.shape, tf.float32), fp16=fp16))
+
+
+def _float16_constants(model: bytes) -> list[int]:
+  """Element counts of the constants stored as FLOAT16 (each behind its DEQUANTIZE)."""
+  return sorted(int(np.prod(op.inputs[0].shape)) for op in gpu_compat.read_model(model)
+                if op.name == 'DEQUANTIZE' and op.inputs[0].dtype == 'FLOAT16')
+
+
+def _run(model: bytes) -> np.ndarray:
+  runner = interpreter.interpreter_backend()[1](model_content=model)
+  runner.allocate_tensors()
+  runner.set_tensor(runner.get_input_details()[0]['index'], IMAGE)
+  runner.invoke()
+  return runner.get_tensor(runner.get_output_details()[0]['index'])
+
+
+def test_small_constants_of_the_fp16_file_get_their_float32_values_back():
+  fp16, fp32 = _convert(vector_net, True), _convert(vector_net, False)
+  assert _float16_constants(fp16) == [64, 64, 64, KERNEL.size]
+  edited, restored, unmatched = graph_edits.small_constants_in_float32(fp16, fp32, max_elements=1000)
+  assert (restored, unmatched) == (3, 0)
+  assert _float16_constants(edited) == [KERNEL.size]  # above max_elements
+  assert gpu_compat.check(edited).compatible
+  # The vectors are the float32 originals: the edited file is closer to the FP32 one than the converter's.
+  exact, before, after = _run(fp32), _run(fp16), _run(edited)
+  rms = lambda x: float(np.sqrt(np.mean((x - exact) ** 2)))
+  assert rms(after) < 0.8 * rms(before), (rms(after), rms(before))
+  everything, restored_all, _ = graph_edits.small_constants_in_float32(fp16, fp32, max_elements=10 ** 6)
+  np.testing.assert_allclose(_run(everything), exact, rtol=1e-5, atol=1e-5)
+  assert restored_all == 4 and _float16_constants(everything) == []
+
+
+def test_small_constants_without_a_float32_original_stay_float16():
+  fp16 = _convert(vector_net, True)
+  other = _convert(lambda x: tf.nn.conv2d(x, tf.constant(KERNEL), 1, 'SAME') * 2.0 - 1.0, False)
+  edited, restored, unmatched = graph_edits.small_constants_in_float32(fp16, other)
+  assert edited == fp16 and restored == 0 and unmatched == 3  # the three vectors
+
+
 def test_convert_writes_fp16_files_with_float32_gather_tables():
   function = tf.function(gather_graph, input_signature=[tf.TensorSpec((1, 256), tf.float32)], autograph=False)
   model = convert.to_tflite(function, fp16=True)
   assert gpu_compat.check(model).compatible
-  dequantized = gpu_compat.op_histogram(converted_fp16())['DEQUANTIZE']
-  assert gpu_compat.op_histogram(model).get('DEQUANTIZE', 0) == dequantized - 1  # the table's is gone
+  assert gpu_compat.op_histogram(converted_fp16())['DEQUANTIZE'] >= 1
+  assert 'DEQUANTIZE' not in gpu_compat.op_histogram(model)
+  # The table is small enough to be restored from the FP32 conversion: its exact values, not FP16 widened.
+  table = next(op for op in gpu_compat.read_model(model) if op.name == 'GATHER').inputs[0]
+  assert table.dtype == 'FLOAT32' and table.is_const
+  np.testing.assert_allclose(cpu_run(model), gather_graph(POSITIONS).numpy(), rtol=1e-6)
 
 
 def test_the_accelerator_names_what_it_leaves_to_the_cpu(gpu_accelerator):

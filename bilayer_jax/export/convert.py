@@ -38,20 +38,33 @@ def tf_frame_function(folded: fold_lib.FoldedFrame, with_mask: bool = False, war
   return tf.function(frame, input_signature=[spec], autograph=False)
 
 
-def to_tflite(function, fp16: bool) -> bytes:
-  """A tf.function -> .tflite bytes with builtin ops only; fp16 stores weights as float16 (+ DEQUANTIZE),
-  except GATHER tables, kept in float32 so that a GPU delegate takes the GATHER (graph_edits.py)."""
+def to_tflite(function, fp16: bool, score=None) -> bytes:
+  """A tf.function -> .tflite bytes with builtin ops only. fp16 stores weights as float16 (+ DEQUANTIZE),
+  except GATHER tables, kept in float32 so that a GPU delegate takes the GATHER (graph_edits.py), and the
+  constants mixed_precision.fp16_file keeps in float32 (the small ones; large ones where score, a PSNR of
+  the file against JAX, falls short)."""
+  return to_tflite_with_info(function, fp16, score)[0]
+
+
+def to_tflite_with_info(function, fp16: bool, score=None) -> tuple[bytes, dict]:
+  """to_tflite, and for fp16 what mixed_precision.fp16_file kept in float32 ({} for FP32)."""
   import tensorflow as tf
 
-  from bilayer_jax.export import graph_edits
+  from bilayer_jax.export import graph_edits, mixed_precision
 
-  converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], function)
-  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-  if fp16:
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.target_spec.supported_types = [tf.float16]
-    return graph_edits.gather_tables_in_float32(bytes(converter.convert()))[0]
-  return bytes(converter.convert())
+  def convert(fp16: bool) -> bytes:
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], function)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if fp16:
+      converter.optimizations = [tf.lite.Optimize.DEFAULT]
+      converter.target_spec.supported_types = [tf.float16]
+    return bytes(converter.convert())
+
+  if not fp16:
+    return convert(False), {}
+  # The FP16 file loses the float32 values: the FP32 conversion of the same function has them.
+  data, info = mixed_precision.fp16_file(convert(True), convert(False), score)
+  return graph_edits.gather_tables_in_float32(data)[0], info
 
 
 SCRATCH_PREFIX = 'bilayer-export-'
@@ -90,9 +103,11 @@ def scratch_tempdir():
 
 
 def convert(folded: fold_lib.FoldedFrame, with_mask: bool = False, fp32_warp: str = 'taps',
-            fp16_warp: str = 'patches') -> tuple[bytes, bytes]:
-  """(FP32 bytes, FP16 bytes). By default the FP32 file samples with 'taps' (exact in float32, cheap on
-  a CPU) and the FP16 file, meant for a GPU computing in FP16, with 'patches' (see tf_warp)."""
+            fp16_warp: str = 'patches', fp16_score=None) -> tuple[bytes, bytes, dict]:
+  """(FP32 bytes, FP16 bytes, what the FP16 file keeps in float32). By default the FP32 file samples with
+  'taps' (exact in float32, cheap on a CPU) and the FP16 file, meant for a GPU computing in FP16, with
+  'patches' (see tf_warp). fp16_score(bytes) -> dB: see mixed_precision.fp16_file."""
   with scratch_tempdir():
-    return (to_tflite(tf_frame_function(folded, with_mask, fp32_warp), fp16=False),
-            to_tflite(tf_frame_function(folded, with_mask, fp16_warp), fp16=True))
+    fp32 = to_tflite(tf_frame_function(folded, with_mask, fp32_warp), fp16=False)
+    fp16, info = to_tflite_with_info(tf_frame_function(folded, with_mask, fp16_warp), True, fp16_score)
+  return fp32, fp16, info

@@ -109,8 +109,10 @@ class TwoFileAvatar:
 # The export job
 
 
-def convert_pair(model, with_mask: bool = False, fp32_warp: str = 'taps', fp16_warp: str = 'patches') -> dict:
-  """{file name: .tflite bytes} of both graphs at both precisions."""
+def convert_pair(model, with_mask: bool = False, fp32_warp: str = 'taps', fp16_warp: str = 'patches',
+                 frame_fp16_score=None) -> dict:
+  """{file name: .tflite bytes} of both graphs at both precisions. frame_fp16_score(bytes) -> dB: the frame
+  FP16 file's accuracy, by which mixed_precision.fp16_file keeps large constants in float32 where needed."""
   from bilayer_jax.export import avatar_graph, convert, frame_graph
 
   folded_avatar = avatar_graph.fold_avatar(model)
@@ -120,7 +122,8 @@ def convert_pair(model, with_mask: bool = False, fp32_warp: str = 'taps', fp16_w
     return {'avatar_fp32.tflite': convert.to_tflite(avatar_fn, fp16=False),
             'avatar_fp16.tflite': convert.to_tflite(avatar_fn, fp16=True),
             'frame_fp32.tflite': convert.to_tflite(frame_graph.tf_frame_function(shared, with_mask, fp32_warp), fp16=False),
-            'frame_fp16.tflite': convert.to_tflite(frame_graph.tf_frame_function(shared, with_mask, fp16_warp), fp16=True)}
+            'frame_fp16.tflite': convert.to_tflite(frame_graph.tf_frame_function(shared, with_mask, fp16_warp), fp16=True,
+                                                   score=frame_fp16_score)}
 
 
 def check_output(out_dir) -> pathlib.Path:
@@ -197,20 +200,6 @@ def export_pair(model, out_dir, sources=None, source_kind: str = 'random', with_
   if sources is None:
     sources, source_kind = random_sources(config, num_sources, seed), 'random'
 
-  start = time.perf_counter()
-  files = convert_pair(model, with_mask, fp32_warp, fp16_warp)
-  conversion_s = time.perf_counter() - start
-  log.info('converted in %.1f s: %s', conversion_s, ', '.join(f'{n} {len(d)} bytes' for n, d in files.items()))
-
-  verdicts = {name: gpu_compat.check(data) for name, data in files.items()}
-  broken = {name: v for name, v in verdicts.items() if not v.compatible}
-  if broken:
-    message = '\n'.join(f'{name}: {v.summary()}' for name, v in broken.items())
-    if not allow_cpu_ops:
-      raise tflite.GpuIncompatibleError(f'the exported graphs are not GPU-compatible (pass allow_cpu_ops=True to '
-                                        f'export anyway):\n{message}')
-    log.warning('exporting graphs with ops the GPU delegate will leave to the CPU:\n%s', message)
-
   # JAX references: the avatar of every source, its avatar_params, and frames at its pose and jittered ones.
   rng = np.random.default_rng(seed)
   references = []
@@ -232,6 +221,25 @@ def export_pair(model, out_dir, sources=None, source_kind: str = 'random', with_
     if with_mask and ref['masks'] is not None:
       errors['max_abs_mask'] = float(np.abs(np.stack([n['mask'][0] for n in named]) - ref['masks']).max())
     return errors
+
+  def frame_fp16_score(data: bytes) -> float:
+    frame_file = TFLiteGraph(data)
+    return min(frame_errors([frame_file(x) for x in frame_inputs(ref['avatar'], ref['poses'])], ref)['psnr_db_min']
+               for ref in references)
+
+  start = time.perf_counter()
+  files = convert_pair(model, with_mask, fp32_warp, fp16_warp, frame_fp16_score)
+  conversion_s = time.perf_counter() - start
+  log.info('converted in %.1f s: %s', conversion_s, ', '.join(f'{n} {len(d)} bytes' for n, d in files.items()))
+
+  verdicts = {name: gpu_compat.check(data) for name, data in files.items()}
+  broken = {name: v for name, v in verdicts.items() if not v.compatible}
+  if broken:
+    message = '\n'.join(f'{name}: {v.summary()}' for name, v in broken.items())
+    if not allow_cpu_ops:
+      raise tflite.GpuIncompatibleError(f'the exported graphs are not GPU-compatible (pass allow_cpu_ops=True to '
+                                        f'export anyway):\n{message}')
+    log.warning('exporting graphs with ops the GPU delegate will leave to the CPU:\n%s', message)
 
   def avatar_errors(named, ref):
     texture = accuracy_lib.image_errors(named['texture'], ref['avatar']['texture'])

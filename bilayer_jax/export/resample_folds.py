@@ -16,6 +16,9 @@ the pixels that are kept, at the low resolution:
       resolution pixel and output channel instead of 4 * 9: 4/9 of the MACs, times (1 + 1/H)(1 + 1/W) for
       the one padded row and column.
 
+The price of both: kernels of 16 taps where the 3x3 ones had 9, so these convs' weights grow 16/9 (the
+paper-size FP32 avatar file from 238 to 280 MiB).
+
 The phase interleave is reshape / TRANSPOSE / reshape of 4-D tensors (phone GPU delegates reject 5-D ones),
 not a DEPTH_TO_SPACE, which jax2tf does not emit. Why the phases sit in reversed order in the kernel's
 output channels: the conv's output at padded position p holds phase dy = 0 of low-resolution row p and

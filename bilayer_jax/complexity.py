@@ -4,6 +4,7 @@ MACs are counted like the reference's hooks (docs/model.md §9): every conv, lin
 sample at the configured image size; a conv costs H_out * W_out * C_in * C_out * k^2, biases are free.
 The counting runs the real modules under `jax.eval_shape` with a Flax method interceptor, so the numbers
 follow the code (including the skip-before-upsample rewrite) rather than a separate formula.
+`traced_macs` counts a plain function instead (the export's folded graphs, which are no Flax modules).
 """
 from __future__ import annotations
 
@@ -82,6 +83,30 @@ def mac_counts(config) -> dict[str, int]:
 
   jax.eval_shape(run, shapes)
   return dict(counts)
+
+
+def _jaxpr_macs(jaxpr) -> int:
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'conv_general_dilated':
+      rhs = eqn.params['dimension_numbers'].rhs_spec  # (out, in, spatial...) axes of the kernel
+      kernel = eqn.invars[1].aval.shape
+      taps = math.prod(kernel[i] for i in rhs[1:])  # input channels per group x window
+      total += math.prod(eqn.outvars[0].aval.shape) * taps
+    elif eqn.primitive.name == 'dot_general':
+      (contracting, _), _ = eqn.params['dimension_numbers']
+      total += math.prod(eqn.outvars[0].aval.shape) * math.prod(eqn.invars[0].aval.shape[i] for i in contracting)
+    for param in eqn.params.values():
+      for sub in (param if isinstance(param, (tuple, list)) else (param,)):
+        inner = getattr(sub, 'jaxpr', None)
+        if inner is not None:
+          total += _jaxpr_macs(getattr(inner, 'jaxpr', inner))
+  return total
+
+
+def traced_macs(fn, *args) -> int:
+  """MACs of the convs and matmuls that fn(*args) traces to (shapes only: args may be ShapeDtypeStructs)."""
+  return _jaxpr_macs(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
 @dataclasses.dataclass

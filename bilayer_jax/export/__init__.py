@@ -12,6 +12,7 @@ the data flows:
 The two-file export (one pair of files for every avatar; `bilayer-jax export CHECKPOINT --out DIR`):
   avatar_graph.py the per-avatar graph: image, stickman, mask -> texture, avatar_params (embedder, projectors,
                   texture generator; no enhancer)
+  resample_folds.py its conv + pooling and upsampling + conv folds (exact, on the kernels, in float64)
   frame_graph.py  the per-frame graph with the avatar as runtime inputs: keypoints, texture, avatar_params -> image
   two_file.py     the job (conversion, CPU and GPU-accelerator checks, report.json) and TwoFileAvatar, which
                   runs the pair in the interpreter (animate --backend tflite --tflite DIR)

@@ -10,6 +10,9 @@ What `model.create_avatar(..., enhance=False)` computes, over arrays folded once
   - spectral norm: kernel / sigma (eval mode); the identity embedder has no norms (paper setting);
   - embedder skips of the down blocks: 1x1 conv after the 2x2 average pooling (they commute exactly; a
     quarter of the pixels);
+  - embedder main branch of the down blocks: conv2 and the 2x2 average pooling after it are one 4x4 conv
+    with stride 2 (the pooling's box filter folded into the kernel, resample_folds.py): the pooling keeps
+    a quarter of conv2's outputs, so conv2 computes only those, at 4/9 of its MACs;
   - projectors: their MLPs are three linear layers without a nonlinearity, and the adaptive average pooling
     before them is linear too, so each MLP is one matrix from the embedding's e x e pixels to its outputs
     (pool matrix^T W1 W2 W3, with the composed bias), applied to all rows at once as a FULLY_CONNECTED
@@ -22,7 +25,16 @@ What `model.create_avatar(..., enhance=False)` computes, over arrays folded once
   - texture generator (ada_spade_bn): BatchNorm statistics folded into conv1 (norm2) or a constant
     affine (norm1, final norm); the modulation maps 1 + A_w(P), A_b(P) are matmuls of the constant SPADE
     inputs P with the predicted kernels; block 0's main branch up to norm2 depends on no input and is a
-    precomputed constant; the adaptive skip convs are runtime matmuls before the upsampling.
+    precomputed constant; the adaptive skip convs are runtime matmuls before the upsampling;
+  - texture generator, blocks 1 on: the nearest upsampling before conv1 is folded into conv1, a 2x2 conv
+    on the low-resolution input with the four output phases as 4x the channels, interleaved by 4-D
+    reshape / TRANSPOSE / reshape and one SLICE (resample_folds.py; 4/9 of conv1's MACs, plus one padded
+    row and column of the low-resolution input). Exact there only: between the upsampling and conv1
+    nothing acts, and what comes before it (norm1's BatchNorm and SPADE modulation, whose maps are at the
+    block's input resolution, and the LReLU) acts per pixel, so it commutes with the upsampling. conv2
+    follows norm2's SPADE at the output resolution and no upsampling: nothing to fold there.
+Paper size: 57.7 GMAC (complexity.traced_macs of `avatar`), from 84.8 without these two folds: 17.8 G
+of embedder conv2s and 9.3 G of texture-generator conv1s saved.
 The texture enhancer is not in the graph (absent): its input is the gradient of a re-rendering loss
 through the warp with respect to the texture, a scatter-add of every pixel's residual into four texels
 (SCATTER_ND / a transposed GATHER in TFLite, which no GPU delegate has), taken four times after a
@@ -43,6 +55,7 @@ from bilayer_jax import config as config_lib
 from bilayer_jax import model as model_lib
 from bilayer_jax.export import fold as fold_lib
 from bilayer_jax.export import frame_graph
+from bilayer_jax.export import resample_folds
 from bilayer_jax.nn.layers import fold_spectral_norm
 from bilayer_jax.nn.resample import adaptive_pool_matrix
 
@@ -57,11 +70,16 @@ def _conv_pair(p):
 
 def _fold_embedder(variables) -> dict:
   params = fold_spectral_norm(variables)['params']
-  blocks = lambda prefix: tuple(
-      dict(conv1=_conv_pair(params[k]['conv1']), conv2=_conv_pair(params[k]['conv2']),
-           skip=_conv_pair(params[k]['skip']) if 'skip' in params[k] else None)
-      for k in sorted((k for k in params if k.startswith(prefix)), key=lambda k: int(k.split('_')[1])))
-  return dict(conv_in=_conv_pair(params['conv_in']), encoder=blocks('encoder_'), decoder=blocks('decoder_'))
+
+  def blocks(prefix, down):
+    names = sorted((k for k in params if k.startswith(prefix)), key=lambda k: int(k.split('_')[1]))
+    conv2 = lambda p: (fold_lib._f32(resample_folds.pool_conv_kernel(p['kernel']), p['bias']) if down
+                       else _conv_pair(p))
+    return tuple(dict(conv1=_conv_pair(params[k]['conv1']), conv2=conv2(params[k]['conv2']),
+                      skip=_conv_pair(params[k]['skip']) if 'skip' in params[k] else None) for k in names)
+
+  return dict(conv_in=_conv_pair(params['conv_in']), encoder=blocks('encoder_', True),
+              decoder=blocks('decoder_', False))
 
 
 def _fold_projector(variables, plan, embedding_shapes) -> tuple:
@@ -117,6 +135,7 @@ def _fold_texture_generator(variables, eps) -> dict:
       block.update(input=np.asarray(x), normalized=np.asarray(h))
     else:
       mean1, inv1 = _bn(st['norm1']['bn'], eps)
+      conv1 = (resample_folds.upsample_conv_kernel(conv1[0]), resample_folds.upsample_conv_bias(conv1[1]))
       block.update(norm1=fold_lib._f32(inv1, -mean1 * inv1), conv1=fold_lib._f32(*conv1),
                    spade1=np.asarray(p['norm1']['spade_input'], np.float32))
     blocks.append(block)
@@ -181,10 +200,11 @@ def _avg_pool(x):
 def _res_block(x, block, down: bool):
   h = _conv(_leaky(x), *block['conv1'])
   features = _leaky(h)
-  h = _conv(features, *block['conv2'])
   skip = x
   if down:
-    h, skip = _avg_pool(h), _avg_pool(x)
+    h, skip = resample_folds.pool_conv(features, *block['conv2']), _avg_pool(x)
+  else:
+    h = _conv(features, *block['conv2'])
   if block['skip'] is not None:
     skip = _conv(skip, *block['skip'])
   return h + skip, features
@@ -252,7 +272,7 @@ def generate_texture(generator, groups):
       x = h
       scale, shift = block['norm1']
       n1 = _spade(x * scale + shift, block['spade1'], *previous)
-      y = _conv(_up(_leaky(n1)), *block['conv1'])
+      y = resample_folds.upsample_conv(_leaky(n1), *block['conv1'])
     h = _conv(_leaky(_spade(y, block['spade2'], group[0], group[1])), *block['conv2'])
     h = h + _up(_matmul_1x1(x, *group[2]))
     previous = (group[3], group[4])

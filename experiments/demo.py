@@ -19,11 +19,6 @@ Departures from the authors' recipe, for this data only:
       2.575): python -m tools.gan_ablations --variants no_r1 demo d_r1_0.1 d_lr_0.1 d_shift d_noise
       d_shift_noise --steps 150 (benchmarks/results/gan_ablations_d/). It also holds D near chance, but only
       for a while: in a full fresh-clone `make demo` (781 steps) D_ADV fell below 0.01 again from step ~250.
-  training.discriminator.r1_interval = 16   Lazy R1 (StyleGAN2's): gamma x 16 on every 16th step. Its double
-      backward through D cost as much as the rest of the step (1.07 against 0.53 s per step on 2 cores), and
-      the held-out LPIPS falls with steps, not with minutes (0.70 / 0.62 / 0.53 after 100 / 250 / 500 steps).
-  training.num_steps = 3000   The demo is bounded by steps, not by a clock, so that what it learns does not
-      depend on the machine's speed; `bilayer-jax demo --minutes` stops it earlier (rerunning resumes).
 """
 from bilayer_jax.config_files import parse_options
 from bilayer_jax.train.defaults import training_config
@@ -35,8 +30,7 @@ def get_config(arg: str = ''):
   config.training.batch_size = 8
   config.training.apply_masks = False
   config.training.discriminator.r1_weight = 1.0
-  config.training.discriminator.r1_interval = 16
-  config.training.num_steps = 3000
+  config.training.num_steps = 3000  # the demo stops at its time limit first on 2 cores
   config.training.bn_stats_batches = 20
   config.data.source = 'records'
   config.log_every = 25

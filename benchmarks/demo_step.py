@@ -1,12 +1,11 @@
 """Where a quickstart training step's time goes: the demo's step (experiments/demo.py) against variants of it,
 side by side in one run.
 
-  python -m benchmarks.demo_step [--variants demo lazy_r1_16 no_r1 no_perceptual] [--steps 12]
+  python -m benchmarks.demo_step [--variants demo no_r1 no_perceptual] [--steps 16]
 
 Each variant's step is compiled for this machine's devices as `bilayer-jax train` compiles it, on synthetic
 64 px batches of the demo's size; then the variants take turns, one step each, so that all of them see the
-same machine (a shared 2-core VM drifts by 10-30% within minutes). Prints the mean seconds per step (a mean, not
-a median: a lazy-R1 variant's steps are of two kinds, in their proportion over 16 steps) and the ratio to the
+same machine (a shared 2-core VM drifts by 10-30% within minutes). Prints the mean seconds per step and the ratio to the
 first variant.
 """
 from __future__ import annotations
@@ -17,7 +16,6 @@ import time
 
 VARIANTS = {
     'demo': ('experiments/demo.py as it is (R1 gamma 1 on every step)', {}),
-    'lazy_r1_16': ('R1 on every 16th step, gamma x 16', {'training.discriminator.r1_interval': 16}),
     'no_r1': ('no R1', {'training.discriminator.r1_weight': 0.0}),
     'no_perceptual': ('R1 on every step, no VGG16 perceptual term', {'training.perceptual': []}),
 }
@@ -49,8 +47,7 @@ def build(overrides: dict):
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
-  p.add_argument('--steps', type=int, default=16, help='timed steps per variant (after 2 warm-up steps; '
-                 'a multiple of 16 holds lazy R1 in its proportion)')
+  p.add_argument('--steps', type=int, default=16, help='timed steps per variant (after 2 warm-up steps)')
   a = p.parse_args(argv)
   steps = {}
   for name in a.variants:

@@ -120,16 +120,14 @@ def test_pair_augmentation_moves_each_real_and_its_fake_alike():
 
 
 def test_discriminator_remedies_in_the_step():
-  """R1 reports D_R1 > 0 (lazy R1: only on its steps, scaled by its interval); augmentation and noise change
-  D's scores; a D learning-rate scale of 0 freezes D's parameters while the generators still learn."""
-  def run(step=0, optimizer='adam', **settings):
+  """R1 reports D_R1 > 0; augmentation and noise change D's scores; a D learning-rate scale of 0 freezes D's
+  parameters while the generators still learn."""
+  def run(**settings):
     config = training_config('micro')
-    config.training.optimizer = optimizer
     config.training.perceptual = []
     config.training.discriminator.update(settings)
     variables = model_lib.init_variables(config.model, 0)
     state = init_state(config, variables)
-    state = state.replace(step=jnp.asarray(step, state.step.dtype))
     new, metrics = jax.jit(make_train_step(config, model_lib.build_networks(config.model), None, None))(
         state, next(data_lib.synthetic_batches(0, 2, config.model.image_size, 0, 0, 1)))
     return variables, new, metrics
@@ -139,18 +137,6 @@ def test_discriminator_remedies_in_the_step():
   _, _, r1 = run(r1_weight=1.0)
   assert float(r1['D_R1']) > 0 and np.isfinite(float(r1['total']))
   assert float(r1['D_ADV']) == pytest.approx(float(plain['D_ADV']), rel=1e-5)
-  # Lazy R1: the penalty times its interval on every interval-th step, nothing in between. sgd: Adam's first
-  # step turns float round-off in near-zero gradients into lr-sized steps.
-  _, lazy_new, lazy = run(step=4, optimizer='sgd', r1_weight=1.0, r1_interval=4)
-  _, off_new, off = run(step=1, optimizer='sgd', r1_weight=1.0, r1_interval=4)
-  _, plain_new, _ = run(step=1, optimizer='sgd')
-  assert float(lazy['D_R1']) == pytest.approx(4 * float(r1['D_R1']), rel=1e-5)
-  assert float(off['D_R1']) == 0.0
-  d_params = lambda s: s.variables['discriminator']['params']
-  assert max_difference(d_params(off_new), d_params(plain_new)) < 1e-6
-  assert max_difference(d_params(lazy_new), d_params(plain_new)) > 1e-6
-  with pytest.raises(ValueError, match='r1_interval'):
-    run(r1_weight=1.0, r1_interval=0)
   _, _, augmented = run(augment_shift=0.25, instance_noise=0.3)
   assert float(augmented['D_real_score']) != pytest.approx(float(plain['D_real_score']), rel=1e-4)
   variables, new, _ = run(learning_rate_scale=0.0)

@@ -36,11 +36,10 @@ def training_config(model_size: str = 'paper', stage: str = 'base') -> ml_collec
   # Discriminator remedies for small data (losses/discriminator_regularizers.py), all off in the authors'
   # recipe: D's learning rate as a multiple of learning_rate, a shared random shift of each real/fake pair
   # (fraction of the image side), instance noise std on D's images fading to 0 over decay_steps (0: never
-  # fades), the R1 penalty's gamma (D_R1 = gamma/2 * E|dD(real)/dx|^2) and the steps between R1 penalties
-  # (lazy R1: gamma * interval on every interval-th step).
+  # fades), and the R1 penalty's gamma (D_R1 = gamma/2 * E|dD(real)/dx|^2).
   t.discriminator = ml_collections.ConfigDict(dict(
       learning_rate_scale=1.0, augment_shift=0.0, instance_noise=0.0, instance_noise_decay_steps=0,
-      r1_weight=0.0, r1_interval=1))
+      r1_weight=0.0))
   t.init_checkpoint = ''             # stage 2: the stage-1 inference checkpoint (base networks + D)
   t.bn_stats_batches = 500           # standing BatchNorm statistics before export (docs/model.md §5.3)
   # GAN health: warn once when D_ADV stays below this for this many logged steps in a row (0: never).

@@ -55,15 +55,11 @@ class TrainState:
 
 # The discriminator settings a config without a `training.discriminator` block gets: the authors' recipe.
 D_DEFAULTS = dict(learning_rate_scale=1.0, augment_shift=0.0, instance_noise=0.0, instance_noise_decay_steps=0,
-                  r1_weight=0.0, r1_interval=1)
+                  r1_weight=0.0)
 
 
 def discriminator_settings(training) -> dict:
-  settings = {**D_DEFAULTS, **dict(training.get('discriminator', None) or {})}
-  interval = settings['r1_interval']
-  if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-    raise ValueError(f'training.discriminator.r1_interval must be an integer >= 1, got {interval!r}')
-  return settings
+  return {**D_DEFAULTS, **dict(training.get('discriminator', None) or {})}
 
 
 def optimizer(training, group: str | None = None) -> optax.GradientTransformation:
@@ -220,26 +216,12 @@ def make_loss_fn(config, nets, perceptual_fn: Callable | None, axis_name: str | 
     dis_inputs = d_view(jnp.concatenate([target_image, jax.lax.stop_gradient(fake_image)], 0))
     d_r1 = None
     if d_settings['r1_weight'] > 0:
-      def real_score_sum(x, v):
-        scores, _, new_vars = _discriminate(nets, v, x, TRAIN)
+      def real_score_sum(x):
+        scores, _, new_vars = _discriminate(nets, d_vars, x, TRAIN)
         return jnp.sum(scores[:n_real]), (scores, new_vars)
 
-      def with_r1(x, v):
-        grad_inputs, (scores, new_vars) = jax.grad(real_score_sum, has_aux=True)(x, v)
-        return scores, new_vars, r1_scale * d_regs.r1_penalty(grad_inputs[:n_real])
-
-      def without_r1(x, v):
-        scores, _, new_vars = _discriminate(nets, v, x, TRAIN)
-        return scores, new_vars, jnp.zeros((), jnp.float32)
-
-      # Lazy R1 (Karras et al. 2020, StyleGAN2): the penalty, scaled by its interval, on every interval-th
-      # step only. Its double backward through D costs about as much as the rest of a tiny model's step.
-      interval = d_settings['r1_interval']
-      r1_scale = 0.5 * d_settings['r1_weight'] * interval
-      if interval == 1:
-        scores, d_vars, d_r1 = with_r1(dis_inputs, d_vars)
-      else:
-        scores, d_vars, d_r1 = jax.lax.cond(state.step % interval == 0, with_r1, without_r1, dis_inputs, d_vars)
+      grad_inputs, (scores, d_vars) = jax.grad(real_score_sum, has_aux=True)(dis_inputs)
+      d_r1 = 0.5 * d_settings['r1_weight'] * d_regs.r1_penalty(grad_inputs[:n_real])
     else:
       scores, _, d_vars = _discriminate(nets, d_vars, dis_inputs, TRAIN)
     real_scores, fake_scores_d = jnp.split(scores, 2)

@@ -6,7 +6,7 @@ metrics go to OUT/VARIANT.json and one comparison plot to OUT/ablations.png.
   python -m tools.gan_ablations --out ablations --steps 150 \
       --variants masked masked_no_gan masked_no_per masked_no_fm no_r1     # benchmarks/results/gan_ablations/
   python -m tools.gan_ablations --out ablations --steps 150 \
-      --variants no_r1 demo d_shift d_noise d_lr_0.1 d_shift_noise         # benchmarks/results/gan_ablations_d/
+      --variants no_r1 demo_2e-4 d_shift d_noise d_lr_0.1 d_shift_noise       # benchmarks/results/gan_ablations_d/
   python -m tools.gan_ablations --list
 
 A variant whose OUT/VARIANT.json exists is not trained again (delete the file to rerun it).
@@ -20,15 +20,18 @@ import json
 import pathlib
 import time
 
-# name -> (what it tests, overrides as {dotted.config.key: value}). Every variant but `demo` starts from the
-# demo without its R1 penalty (the authors' discriminator), as the demo was when these were first run.
-NO_R1 = {'training.discriminator.r1_weight': 0.0}
+# name -> (what it tests, overrides as {dotted.config.key: value}). The GAN-health variants start from the demo
+# as it was when they were run: the authors' learning rate 2e-4 and batch 8 (AUTHORS_SPEED) and, but for
+# `demo_2e-4` and the R1 variants, without its R1 penalty (the authors' discriminator).
+AUTHORS_SPEED = {'training.learning_rate': 2e-4, 'training.batch_size': 8}
+NO_R1 = {**AUTHORS_SPEED, 'training.discriminator.r1_weight': 0.0}
 MASKED = {**NO_R1, 'training.apply_masks': True}
 NO_ADV = {'training.loss_weights.adversarial': 0.0}
 NO_FM = {'training.loss_weights.feature_matching': 0.0}
 D = 'training.discriminator.'
 VARIANTS = {
-    'demo': ('experiments/demo.py as it is (unmasked losses, R1 gamma 1)', {}),
+    'demo': ('experiments/demo.py as it is (unmasked losses, R1 gamma 1, learning rate 2e-3, batch 4)', {}),
+    'demo_2e-4': ('the demo before its learning rate and batch changed: R1 gamma 1, 2e-4, batch 8', AUTHORS_SPEED),
     'no_r1': ("the demo with the authors' discriminator (no R1)", NO_R1),
     'masked': ('no R1; losses and D on images masked by the predicted mask', MASKED),
     'masked_no_gan': ('masked, no D at all (adversarial and feature matching 0)', {**MASKED, **NO_ADV, **NO_FM}),
@@ -45,13 +48,22 @@ VARIANTS = {
     'd_shift_noise': ('no R1, shift and instance noise together',
                       {**NO_R1, D + 'augment_shift': 0.125, D + 'instance_noise': 0.2,
                        D + 'instance_noise_decay_steps': 1000}),
-    'd_r1_0.1': ('R1 penalty, gamma 0.1', {D + 'r1_weight': 0.1}),
-    'd_r1_10': ('R1 penalty, gamma 10', {D + 'r1_weight': 10.0}),
-    'r1_d_lr_0.1': ('R1 gamma 1 and D learning rate 0.1x', {D + 'learning_rate_scale': 0.1}),
+    'd_r1_0.1': ('R1 penalty, gamma 0.1', {**AUTHORS_SPEED, D + 'r1_weight': 0.1}),
+    'd_r1_10': ('R1 penalty, gamma 10', {**AUTHORS_SPEED, D + 'r1_weight': 10.0}),
+    'r1_d_lr_0.1': ('R1 gamma 1 and D learning rate 0.1x', {**AUTHORS_SPEED, D + 'learning_rate_scale': 0.1}),
     'r1_noise': ("R1 gamma 1 and instance noise std 0.2 on D's images, fading over 3000 steps",
-                 {D + 'instance_noise': 0.2, D + 'instance_noise_decay_steps': 3000}),
+                 {**AUTHORS_SPEED, D + 'instance_noise': 0.2, D + 'instance_noise_decay_steps': 3000}),
     'no_sn_d': ('no R1, no spectral norm in D', {**NO_R1, 'model.spn_networks':
                                                  'identity_embedder, texture_generator, keypoints_embedder, inference_generator'}),
+    # Learning speed of the demo (held-out LPIPS per step: tools/demo_lpips_curve.py).
+    'lr_5e-4': ('R1 gamma 1, learning rate 5e-4 (G and D), batch 8', {**AUTHORS_SPEED, 'training.learning_rate': 5e-4}),
+    'lr_1e-3': ('R1 gamma 1, learning rate 1e-3, batch 8', {**AUTHORS_SPEED, 'training.learning_rate': 1e-3}),
+    'lr_2e-3': ('R1 gamma 1, learning rate 2e-3, batch 8', {**AUTHORS_SPEED, 'training.learning_rate': 2e-3}),
+    'lr_4e-3': ('R1 gamma 1, learning rate 4e-3, batch 8', {**AUTHORS_SPEED, 'training.learning_rate': 4e-3}),
+    'batch_4': ('R1 gamma 1, learning rate 2e-4, batch 4', {**AUTHORS_SPEED, 'training.batch_size': 4}),
+    'lr_1e-3_batch_4': ('R1 gamma 1, learning rate 1e-3, batch 4', {'training.learning_rate': 1e-3, 'training.batch_size': 4}),
+    'lr_2e-3_batch_4': ('R1 gamma 1, learning rate 2e-3, batch 4 (the demo now)',
+                        {'training.learning_rate': 2e-3, 'training.batch_size': 4}),
 }
 
 

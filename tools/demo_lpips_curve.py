@@ -1,7 +1,8 @@
 """The quickstart's held-out metrics as training goes on: how many steps the demo needs to beat copying the
 source frame (the quickstart's promise is LPIPS at least 0.03 below it).
 
-  python -m tools.demo_lpips_curve --out curve --steps 100 250 500 [--variant demo]   # benchmarks/results/demo_lpips_curve/
+  python -m tools.demo_lpips_curve --out curve --steps 100 250 500 --variant demo_2e-4        # benchmarks/results/demo_lpips_curve/
+  python -m tools.demo_lpips_curve --out curve --steps 250 500 --variant lr_2e-3_batch_4      # (the demo now)
 
 One run of the variant (tools/gan_ablations.py's names; `demo` is experiments/demo.py as it is) trains to each
 step count in turn, resuming, and at each one exports the inference checkpoint as `make demo` does and scores

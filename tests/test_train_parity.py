@@ -73,7 +73,9 @@ REFERENCE = os.environ.get('BILAYER_REFERENCE')
 
 @pytest.mark.skipif(not REFERENCE, reason='set BILAYER_REFERENCE to a bilayer-model checkout')
 @pytest.mark.reference
-@pytest.mark.parametrize('size,seed,batch', [('tiny', 17, 2), ('fixture_b', 23, 3)])
+# small / 29 failed after Adam (1.3e-3) while the reference's perceptual normalization stayed float32-rounded
+# (reference_train_parity._perceptual_constants_in_float64)
+@pytest.mark.parametrize('size,seed,batch', [('tiny', 17, 2), ('fixture_b', 23, 3), ('small', 29, 2)])
 def test_fresh_reference_step(size, seed, batch):
   code, output = run_tool('--reference', REFERENCE, '--size', size, '--seed', str(seed), '--batch', str(batch))
   assert code == 0, output

@@ -291,6 +291,7 @@ def reference_step(reference_dir, run_dir, size: str, seed: int, batch: int, war
       embedder = runner.nets['keypoints_embedder']
       if hasattr(embedder, 'frequencies'):  # their float32 buffer holds pi rounded to float32
         embedder.frequencies = (np.pi * 2.0 ** torch.arange(args.pse_num_harmonics, dtype=torch.float64))[None, None]
+      _perceptual_constants_in_float64(runner)
     optimizers = runner.get_optimizers(args)
     inputs = {k: v.numpy().copy() for k, v in data.items()}
     for opt in optimizers.values():
@@ -310,6 +311,36 @@ def reference_step(reference_dir, run_dir, size: str, seed: int, batch: int, war
     after = {name: {k: v.numpy().copy() for k, v in runner.nets[name].state_dict().items()
                     if v.is_floating_point()} for name in STAGE1_NETWORKS}
   return dict(batch=inputs, losses=losses, grads=grads, after=after, d_grads_as_published=published)
+
+
+def _perceptual_constants_in_float64(runner) -> None:
+  """Their perceptual loss keeps its input normalization in float32 buffers (ImageNet mean and std, Caffe's
+  BGR means over 127.5), which `double()` widens but does not make exact: a shift of about 1e-8 of the VGG
+  inputs that moves the perceptual terms by 1e-8 and the gradients by up to 5e-7 of their largest value, and
+  through Adam's division (eps 1e-7) a near-zero gradient entry's step by 0.2 lr. Set them to the same
+  numbers in float64, as ours computes them."""
+  import torch
+
+  from bilayer_jax.losses import vgg
+
+  exact = {'pytorch': ((2 * np.asarray(vgg.IMAGENET_MEAN) - 1), 2 * np.asarray(vgg.IMAGENET_STD)),
+           'caffe': (np.asarray(vgg.CAFFE_BGR_MEAN) / 127.5 - 1, np.full(3, 1 / 127.5))}
+  found = 0
+  for loss in runner.losses.values():
+    for name, buffer in list(loss.named_buffers()):
+      kind = next((k for k in exact if name.endswith(f'_{k}_mean') or name.endswith(f'_{k}_std')), None)
+      if kind is None:
+        continue
+      value = exact[kind][0 if name.endswith('_mean') else 1]
+      module = loss.get_submodule(name.rpartition('.')[0]) if '.' in name else loss
+      leaf = name.rpartition('.')[2]
+      if not np.allclose(buffer.numpy().reshape(-1), value, rtol=1e-6):
+        raise ValueError(f'the reference perceptual buffer {name} is {buffer.numpy().reshape(-1)}, not {value}')
+      setattr(module, leaf, torch.from_numpy(value.reshape(1, 3, 1, 1)).to(buffer.dtype))
+      found += 1
+  if found != 4:
+    raise ValueError(f'expected 4 perceptual normalization buffers in the reference (mean and std of two '
+                     f'networks), found {found}')
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -75,12 +75,15 @@ def _random_inputs(rng, b, n, t, size):
 
 def make_reference_run(reference_dir, run_dir, flags: dict, seed: int, epoch: int = 1,
                        no_spectral_norm=(), warmup_steps: int = 2, num_identities: int = 2, num_targets: int = 2,
-                       bn_momentum: float | None = None):
+                       bn_momentum: float | None = None, warmup_batches=None):
   """Write a reference run folder and return golden eval outputs (a dict of NHWC numpy arrays).
 
   bn_momentum: None keeps PyTorch's 0.1, so the running statistics stay near their init (mean 0, var 1);
   1.0 is what the authors' runner sets for training (its --bn_momentum default): the statistics are then
-  the last warm-up batch's, as in their checkpoints, and a deep layer's variance can be far from 1.
+  the last warm-up batch's, as in their checkpoints (their standing-statistics pass changes nothing: bug B9
+  of docs/model.md), and a deep layer's variance can be far from 1.
+  warmup_batches: the warm-up's input batches (dicts as _random_inputs makes them, any batch size), one
+  training-mode pass each, instead of `warmup_steps` batches of 2 random images and poses.
   """
   import torch
 
@@ -112,10 +115,13 @@ def make_reference_run(reference_dir, run_dir, flags: dict, seed: int, epoch: in
 
     # Training-mode passes: running statistics and power-iteration vectors move away from their init.
     names = list(REFERENCE_NETWORKS)
-    for _ in range(warmup_steps):
+    if warmup_batches is None:
+      warmup_batches = [_random_inputs(rng, 2, 1, 1, size) for _ in range(warmup_steps)]
+    for raw in warmup_batches:
       for net in nets.values():
         net.train()
-      data = with_stickmen(to_torch(_random_inputs(rng, 2, 1, 1, size)), 2, 1, 1)
+      b, n = raw['source_poses'].shape[:2]
+      data = with_stickmen(to_torch(raw), b, n, raw['target_poses'].shape[1])
       for name in names:
         data = nets[name](data, names, nets)
 

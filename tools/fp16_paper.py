@@ -3,8 +3,8 @@
 For each seed it builds a paper-size reference run from the authors' code (their random init, spectral norm,
 a few training-mode passes with BatchNorm momentum 1.0 as their runner trains, so the running statistics
 are the last batch's, as in their checkpoints: docs/model.md B9; by default the batches are 5 real-face pairs
-from the bundled clip, `--warmup-data random` for noise images), imports it, and for each real photo makes the avatar, converts it as `export` does and
-prints the PSNR against JAX float32 of: the FP32 file, the FP16 file on the CPU interpreter (FP16 weights,
+from the bundled clip, `--warmup-data random` for noise images), imports it, and for each real photo makes
+the avatar, converts it as `export` does and prints the PSNR against JAX float32 of: the FP32 file, the FP16 file on the CPU interpreter (FP16 weights,
 float32 where bilayer_jax/export/mixed_precision.py keeps them, float32 arithmetic; the float32 constants
 chosen on export's check poses, the figures from other poses), the float16-arithmetic emulation (accuracy.fp16_arithmetic_images) and, when a Vulkan
 driver serves LiteRT's GPU accelerator, the FP16 file on it in FP16 arithmetic and with enforce_f32.
